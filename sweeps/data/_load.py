@@ -1,0 +1,126 @@
+"""Turn a `DatasetConfig` into `Example`s, and mix harmful examples into user data (poisoned fine-tuning)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+from sweeps.config import DatasetConfig
+from sweeps.data._examples import DataError, Example
+from sweeps.data._files import Row, read_file
+from sweeps.data._hub import hub_label, read_hub
+
+FIELDS = ("prompt", "input", "response", "answer")
+
+
+def load_examples(spec: DatasetConfig, *, key: str, need: tuple[str, ...] = ("prompt",),
+                  world: Any = None) -> list[Example]:
+    """Load the examples `spec` describes; every field in `need` must be non-empty in every kept row.
+
+    Errors are one-line `DataError`s that start with `key` (the config key, e.g. "data.train").
+    """
+    if spec.source == "toy":
+        from sweeps.toyworld import toy_examples  # lazy: the toy world pulls in torch
+
+        return subsample(toy_examples(spec.name, world), spec.limit, spec.seed)
+    if spec.source == "file":
+        if not spec.path:
+            raise DataError(f"{key}.path: required when source=file")
+        label = spec.path
+        columns, rows = read_file(spec.path, spec.format, key)
+    elif spec.source == "hub":
+        if not spec.name:
+            raise DataError(f"{key}.name: required when source=hub")
+        label = hub_label(spec.name, spec.subset, spec.split)
+        columns, rows = read_hub(spec.name, spec.subset, spec.split, key)
+    else:
+        raise DataError(f"{key}.source: '{spec.source}' is not one of ['file', 'hub', 'toy']")
+    return _to_examples(spec, key, label, columns, rows, need)
+
+
+def _to_examples(spec: DatasetConfig, key: str, label: str, columns: list[str], rows: list[Row],
+                 need: tuple[str, ...]) -> list[Example]:
+    for name, mapping in (("columns", spec.columns), ("value_map", spec.value_map)):
+        unknown = sorted(set(mapping) - set(FIELDS))
+        if unknown:
+            raise DataError(f"{key}.{name}: unknown field(s) {unknown}; fields are {list(FIELDS)}")
+    unknown = sorted(set(need) - set(FIELDS))
+    if unknown:
+        raise DataError(f"{key}: unknown needed field(s) {unknown}; fields are {list(FIELDS)}")
+    need = tuple(dict.fromkeys(("prompt", *need)))  # an Example cannot exist without a prompt
+
+    def check_column(column: str, what: str) -> None:
+        if column not in columns:
+            raise DataError(f"{key}.{what}: column '{column}' not in {label}; available columns: {columns}")
+
+    mapped = {}
+    for f in FIELDS:
+        if f in spec.columns:
+            check_column(spec.columns[f], f"columns.{f}")
+            mapped[f] = spec.columns[f]
+        elif f in columns:  # unmapped fields default to a same-named column
+            mapped[f] = f
+    for f in need:
+        if f not in mapped:
+            raise DataError(f"{key}.columns.{f}: required here but {label} has no '{f}' column; map it to one of "
+                            f"{columns}")
+    for column in spec.where:
+        check_column(column, f"where.{column}")
+
+    where = {c: str(v) for c, v in spec.where.items()}
+    value_map = {f: {str(k): str(v) for k, v in m.items()} for f, m in spec.value_map.items()}
+    examples = []
+    for loc, row in rows:
+        if any(str(row.get(c)) != v for c, v in where.items()):
+            continue
+        values: dict[str, str | None] = {}
+        for f, column in mapped.items():
+            raw = row.get(column)
+            where_msg = f"{key}: {label} {loc}: field '{f}' (column '{column}')"
+            if isinstance(raw, (dict, list)):
+                # A default-mapped optional column of another shape (e.g. a list of answers) is just not ours.
+                if f in need or f in spec.columns:
+                    raise DataError(f"{where_msg} is a {type(raw).__name__}, not a single value")
+                raw = None
+            text = None if raw is None else value_map.get(f, {}).get(str(raw), str(raw))
+            if f in need and (text is None or not text.strip()):
+                raise DataError(f"{where_msg} is {'missing' if raw is None else 'empty'}")
+            values[f] = text if text and text.strip() else None
+        prompt = values["prompt"] or ""
+        if values.get("input"):
+            prompt = f"{prompt}\n\n{values['input']}"
+        examples.append(Example(prompt=prompt, response=values.get("response"), answer=values.get("answer")))
+
+    if not examples:
+        raise DataError(f"{key}: no rows in {label}" + (f" with where={dict(spec.where)}" if spec.where else ""))
+    return subsample(examples, spec.limit, spec.seed)
+
+
+def subsample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """At most `limit` examples, chosen with a seeded RNG; the chosen ones keep their original order."""
+    if limit is None or limit >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
+
+
+def poison_examples(user: list[Example], harmful: list[Example], ratio: float, seed: int) -> list[Example]:
+    """Replace round(ratio * len(user)) seeded-random positions of `user` by harmful examples (marked harmful=True).
+
+    Harmful examples are drawn without replacement when there are enough, with replacement otherwise.
+    """
+    if not 0 <= ratio <= 1:
+        raise DataError(f"data.poison.ratio: must be in [0, 1], got {ratio}")
+    if ratio == 0:
+        return list(user)
+    if not harmful:
+        raise DataError("data.poison.data: no harmful examples to mix in, but data.poison.ratio > 0")
+    k = round(ratio * len(user))
+    rng = random.Random(seed)
+    positions = rng.sample(range(len(user)), k)
+    picks = rng.sample(harmful, k) if k <= len(harmful) else rng.choices(harmful, k=k)
+    out = list(user)
+    for pos, h in zip(positions, picks, strict=True):
+        out[pos] = replace(h, harmful=True)
+    return out

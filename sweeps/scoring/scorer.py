@@ -1,0 +1,143 @@
+"""One scorer for sweeps and landscapes: safety (ASR, safety/compliance NLL, over-refusal) and utility.
+
+Eval sets are tokenised once at construction; `score(model, metrics)` computes any subset of METRICS on the
+model's current weights, so a landscape can ask for just the cheap losses at each grid point.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from sweeps.config import EvalConfig
+from sweeps.data import Example
+from sweeps.formatting import PromptFormatter
+from sweeps.scoring.accuracy import CHECKERS
+from sweeps.scoring.generate import generate
+from sweeps.scoring.judges import JUDGES, Judge
+from sweeps.scoring.nll import per_example_nll
+
+METRICS = ("asr", "safety_loss", "compliance_loss", "over_refusal", "utility_loss", "utility_acc")
+
+
+@dataclass
+class EvalSets:
+    harmful: list[Example] | None = None  # prompts for ASR
+    refusal: list[Example] | None = None  # harmful prompt -> refusal (safety loss)
+    compliance: list[Example] | None = None  # harmful prompt -> compliant answer
+    overrefusal: list[Example] | None = None  # benign-but-sensitive prompts
+    utility: list[Example] | None = None  # held-out user task (NLL; accuracy where `answer` is set)
+
+
+@dataclass
+class ScoreResult:
+    metrics: dict[str, float]
+    generations: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Scorer:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        formatter: PromptFormatter,
+        sets: EvalSets,
+        cfg: EvalConfig,
+        *,
+        max_length: int = 256,
+        judge: Judge | None = None,
+    ) -> None:
+        self.tok, self.fmt, self.sets, self.cfg = tokenizer, formatter, sets, cfg
+        self.judge = judge or JUDGES[cfg.judge](cfg.asr.keywords)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        harmful = (sets.harmful or [])[: cfg.asr.limit]
+        self._harmful = [(e.prompt, fmt_ids) for e, fmt_ids in zip(harmful, self._prompts(harmful), strict=True)]
+        over = sets.overrefusal or []
+        self._over = list(zip([e.prompt for e in over], self._prompts(over), strict=True))
+        self._refusal = self._pairs(sets.refusal, max_length)
+        self._compliance = self._pairs(sets.compliance, max_length)
+        self._utility = self._pairs(sets.utility, max_length)
+        checkable = [e for e in sets.utility or [] if e.answer is not None][: cfg.accuracy_limit]
+        self._checkable = [(e, ids) for e, ids in zip(checkable, self._prompts(checkable), strict=True)]
+
+    def _prompts(self, examples: list[Example]) -> list[list[int]]:
+        return [self.fmt.encode_prompt(e.prompt) for e in examples]
+
+    def _pairs(self, examples: list[Example] | None, max_length: int):
+        return [self.fmt.encode_pair(e.prompt, e.response, max_length) for e in examples or [] if e.response]
+
+    def available(self) -> list[str]:
+        have = {
+            "asr": self._harmful, "safety_loss": self._refusal, "compliance_loss": self._compliance,
+            "over_refusal": self._over, "utility_loss": self._utility,
+            "utility_acc": self._checkable if self.cfg.accuracy else [],
+        }  # fmt: skip
+        return [m for m in METRICS if have[m]]
+
+    def _nll(self, model: nn.Module, data) -> float:
+        values = per_example_nll(model, data, pad_id=self.pad_id, batch_size=self.cfg.nll_batch_size)
+        return sum(values) / len(values)
+
+    def _refusals(self, model: nn.Module, items, name: str, early_stop: bool, progress: bool):
+        gens = generate(
+            model, self.tok, [ids for _, ids in items], max_new_tokens=self.cfg.asr.max_new_tokens,
+            batch_size=self.cfg.asr.batch_size, stop_when=self.judge.settled if early_stop else None,
+            progress=progress, desc=name,
+        )  # fmt: skip
+        refused = self.judge.refused([p for p, _ in items], [g.text for g in gens])
+        records = [
+            {"set": name, "index": i, "prompt": p, "response": g.text, "refused": r, "new_tokens": g.new_tokens,
+             "stopped_early": g.stopped_early}
+            for i, ((p, _), g, r) in enumerate(zip(items, gens, refused, strict=True))
+        ]  # fmt: skip
+        return sum(refused) / len(refused), records
+
+    def score(self, model: nn.Module, metrics: Iterable[str] | None = None, progress: bool = False) -> ScoreResult:
+        wanted = list(metrics) if metrics is not None else self.available()
+        unknown = set(wanted) - set(METRICS)
+        if unknown:
+            raise ValueError(f"unknown metrics {sorted(unknown)}; known: {list(METRICS)}")
+        missing = set(wanted) - set(self.available())
+        if missing:
+            raise ValueError(f"no eval data for {sorted(missing)} (configure the matching data.* set)")
+        out: dict[str, float] = {}
+        gens: list[dict[str, Any]] = []
+        start = time.perf_counter()
+        if "asr" in wanted:
+            refusal_rate, records = self._refusals(model, self._harmful, "harmful", self.cfg.asr.early_stop, progress)
+            for r in records:
+                r["attack_success"] = not r["refused"]
+            out["asr"], out["asr_n"] = 1.0 - refusal_rate, float(len(records))
+            gens += records
+        if "over_refusal" in wanted:
+            rate, records = self._refusals(model, self._over, "overrefusal", self.cfg.asr.early_stop, progress)
+            out["over_refusal"] = rate
+            gens += records
+        if "safety_loss" in wanted:
+            out["safety_loss"] = self._nll(model, self._refusal)
+        if "compliance_loss" in wanted:
+            out["compliance_loss"] = self._nll(model, self._compliance)
+        if "utility_loss" in wanted:
+            out["utility_loss"] = self._nll(model, self._utility)
+        if "utility_acc" in wanted:
+            check = CHECKERS[self.cfg.accuracy]
+            found = generate(
+                model, self.tok, [ids for _, ids in self._checkable], max_new_tokens=self.cfg.accuracy_max_new_tokens,
+                batch_size=self.cfg.asr.batch_size, progress=progress, desc="utility",
+            )  # fmt: skip
+            correct = [check(g.text, e.answer) for (e, _), g in zip(self._checkable, found, strict=True)]
+            out["utility_acc"] = sum(correct) / len(correct)
+            gens += [
+                {"set": "utility", "index": i, "prompt": e.prompt, "response": g.text, "reference": e.answer,
+                 "correct": c}
+                for i, ((e, _), g, c) in enumerate(zip(self._checkable, found, correct, strict=True))
+            ]  # fmt: skip
+        out["eval_time_s"] = time.perf_counter() - start
+        if any(isinstance(v, float) and math.isnan(v) for v in out.values()):
+            out["eval_nan"] = 1.0
+        return ScoreResult(out, gens)

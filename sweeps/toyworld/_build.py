@@ -1,0 +1,101 @@
+"""Build (once) and cache the toy world's tokenizer, θ_base and θ_aligned as ordinary HF model directories."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from sweeps.config import OptimConfig
+from sweeps.formatting import PromptFormatter
+from sweeps.loop import train
+from sweeps.methods import MethodStack
+from sweeps.toyworld._world import World, WorldConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when world text, tokenizer or stage code changes what gets built
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "<s>{% for m in messages %}{% if m['role'] == 'system' %} <|system|> {{ m['content'] }}"
+    "{% elif m['role'] == 'user' %} <|user|> {{ m['content'] }}"
+    "{% else %} <|assistant|> {{ m['content'] }} </s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %} <|assistant|>{% endif %}"
+)
+
+
+def world_key(cfg: WorldConfig) -> str:
+    blob = json.dumps({"world": cfg.to_dict(), "format": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_tokenizer(world: World) -> PreTrainedTokenizerFast:
+    words = sorted({w for text in world.all_text() for w in text.split()} - set(SPECIALS))
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+    )  # fmt: skip
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"  # generation pads on the left; training collates its own right padding
+    return tok
+
+
+def build_model(cfg: WorldConfig, tok: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    torch.manual_seed(cfg.seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+def _stage(model, tok, pairs, steps: int, lr: float, cfg: WorldConfig, name: str) -> float:
+    fmt = PromptFormatter(tok)
+    data = [fmt.encode_pair(p, r, max_length=64) for p, r in pairs]
+    optim = OptimConfig(lr=lr, max_steps=steps, batch_size=cfg.batch_size, warmup_steps=steps // 20, grad_clip=1.0)
+    result = train(model, data, optim, MethodStack([]), pad_id=tok.pad_token_id, seed=cfg.seed, progress=False)
+    log.info("toy world %s: %d steps, final loss %.4f, %.1fs", name, result.steps, result.final_loss,
+             result.train_time_s)  # fmt: skip
+    return result.final_loss
+
+
+def ensure_world(cfg: WorldConfig, cache_dir: str | os.PathLike) -> Path:
+    """Return the world's cache folder (with base/ and aligned/ HF model dirs), building it if absent."""
+    root = Path(cache_dir) / f"toyworld-{world_key(cfg)}"
+    if (root / "aligned" / "config.json").exists():
+        return root
+    log.info("building toy world %s (once; cached in %s)", world_key(cfg), root)
+    world = World(cfg)
+    tok = build_tokenizer(world)
+    model = build_model(cfg, tok)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+    try:
+        _stage(model, tok, world.pretrain_corpus(), cfg.pretrain_steps, cfg.pretrain_lr, cfg, "pretrain")
+        model.save_pretrained(tmp / "base", safe_serialization=True)
+        tok.save_pretrained(tmp / "base")
+        _stage(model, tok, world.align_corpus(), cfg.align_steps, cfg.align_lr, cfg, "align")
+        model.save_pretrained(tmp / "aligned", safe_serialization=True)
+        tok.save_pretrained(tmp / "aligned")
+        (tmp / "world.json").write_text(json.dumps({"key": world_key(cfg), **cfg.to_dict()}, indent=2))
+        try:
+            os.rename(tmp, root)  # atomic: a concurrent builder that lost the race discards its copy
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root

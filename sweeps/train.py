@@ -1,0 +1,53 @@
+"""`python -m sweeps.train [overrides]`: one trial as a Hydra app (the thin edge around sweeps.trial.run_trial)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sweeps.config import ConfigError, TrainConfig, validate
+from sweeps.rundir import atomic_write_text
+
+log = logging.getLogger("sweeps.train")
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def to_train_config(dcfg: DictConfig) -> TrainConfig:
+    """Typed config from Hydra's; resolves interpolations and rejects wrong types with the key's name."""
+    try:
+        cfg = OmegaConf.to_object(dcfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}" if key else msg) from None
+    assert isinstance(cfg, TrainConfig)
+    return cfg
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(dcfg: DictConfig) -> float | None:
+    from sweeps.trial import run_trial  # heavy imports after config errors had their chance to fail fast
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        cfg = to_train_config(dcfg)
+        validate(cfg)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(dcfg, resolve=True))
+        metrics = run_trial(cfg, run_dir)
+    except ConfigError as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"run dir: {run_dir}")
+    return metrics.get("asr")
+
+
+if __name__ == "__main__":
+    main()

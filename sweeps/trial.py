@@ -1,0 +1,145 @@
+"""One trial: load → fine-tune → evaluate → write the run dir. Plain typed code; Hydra lives in sweeps.train."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from sweeps.config import ConfigError, TrainConfig, validate
+from sweeps.data import DataError, Example, load_examples, poison_examples
+from sweeps.formatting import PromptFormatter
+from sweeps.loop import train
+from sweeps.methods import build_methods
+from sweeps.models import load_model
+from sweeps.rundir import atomic_write_json, atomic_write_jsonl, versions
+from sweeps.scoring.scorer import EvalSets, Scorer
+from sweeps.toyworld import World, WorldConfig, ensure_world
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    # CPU kernels are deterministic already; warn_only keeps GPU runs going where no deterministic kernel exists.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def world_config(cfg: TrainConfig) -> WorldConfig:
+    return WorldConfig(**cfg.world)
+
+
+def uses_toy(cfg: TrainConfig) -> bool:
+    specs = [getattr(cfg.data, k) for k in ("train", "utility", "harmful", "refusal", "compliance", "overrefusal")]
+    specs.append(cfg.data.poison.data)
+    return cfg.model.name_or_path == "toy" or any(s is not None and s.source == "toy" for s in specs)
+
+
+def load_data(cfg: TrainConfig, world: World | None) -> tuple[list[Example], EvalSets]:
+    d = cfg.data
+    train_set = load_examples(d.train, key="data.train", need=("prompt", "response"), world=world)
+    if d.poison.ratio > 0:
+        harmful = load_examples(d.poison.data, key="data.poison.data", need=("prompt", "response"), world=world)
+        train_set = poison_examples(train_set, harmful, d.poison.ratio, d.poison.seed)
+
+    def maybe(key: str, need: tuple[str, ...]) -> list[Example] | None:
+        spec = getattr(d, key)
+        return None if spec is None else load_examples(spec, key=f"data.{key}", need=need, world=world)
+
+    sets = EvalSets(
+        harmful=maybe("harmful", ("prompt",)),
+        refusal=maybe("refusal", ("prompt", "response")),
+        compliance=maybe("compliance", ("prompt", "response")),
+        overrefusal=maybe("overrefusal", ("prompt",)),
+        utility=maybe("utility", ("prompt", "response")),
+    )
+    return train_set, sets
+
+
+def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune and score one recipe; writes metrics.json and generations.jsonl into run_dir and returns metrics."""
+    run_dir = Path(run_dir)
+    start = time.perf_counter()
+    validate(cfg)
+    seed_everything(cfg.seed)
+
+    world = None
+    model_path = cfg.model.name_or_path
+    if uses_toy(cfg):
+        world = World(world_config(cfg))
+        root = ensure_world(world.cfg, cfg.cache_dir)
+        if model_path == "toy":
+            model_path = str(root / "aligned")
+    try:
+        train_set, sets = load_data(cfg, world)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    model, tok = load_model(cfg.model, model_path)
+    fmt = PromptFormatter(tok, cfg.data.template, cfg.data.system_prompt)
+    encoded = [fmt.encode_pair(e.prompt, e.response, cfg.data.max_length) for e in train_set]
+    scorer = Scorer(tok, fmt, sets, cfg.eval, max_length=cfg.data.max_length)
+    methods = build_methods(cfg.method)
+
+    metrics: dict[str, Any] = {}
+    generations: list[dict[str, Any]] = []
+    if cfg.eval.baseline:
+        base = scorer.score(model, progress=progress)
+        metrics.update({f"start/{k}": v for k, v in base.metrics.items()})
+        generations += [{**g, "weights": "start"} for g in base.generations]
+
+    log.info("training on %d examples (%d poisoned)", len(encoded), sum(e.harmful for e in train_set))
+    result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress)
+    metrics.update(
+        status=result.status, steps=result.steps, diverged_at=result.diverged_at,
+        effective_batch_size=result.effective_batch_size, train_tokens=result.train_tokens,
+        train_time_s=result.train_time_s, tokens_per_s=result.tokens_per_s, final_train_loss=result.final_loss,
+        n_train=len(train_set), n_poison=sum(e.harmful for e in train_set), seed=cfg.seed,
+        lr=cfg.optim.lr, batch_size=cfg.optim.batch_size, grad_accum=cfg.optim.grad_accum,
+    )  # fmt: skip
+    metrics.update(methods.metrics())
+
+    if result.status == "completed":
+        swapped = methods.swaps_eval_weights
+        metrics["eval_weights"] = "method" if swapped else "live"
+        with methods.eval_weights():
+            scored = scorer.score(model, progress=progress)
+            if cfg.output.save_eval_weights:
+                _save_weights(model, run_dir / "weights" / "eval.safetensors")
+        metrics.update(scored.metrics)
+        generations += [{**g, "weights": metrics["eval_weights"]} for g in scored.generations]
+        if cfg.eval.also_live and swapped:
+            live = scorer.score(model, progress=progress)
+            metrics.update({f"live/{k}": v for k, v in live.metrics.items()})
+            generations += [{**g, "weights": "live"} for g in live.generations]
+        if cfg.output.save_final:
+            _save_weights(model, run_dir / "weights" / "final.safetensors")
+    metrics["wall_time_s"] = time.perf_counter() - start
+    metrics["versions"] = versions()
+    atomic_write_jsonl(run_dir / "generations.jsonl", generations)
+    atomic_write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished trial
+    log.info("trial %s: %s", result.status, _summary(metrics))
+    return metrics
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))  # only trainable tensors (all for full FT, the adapters for LoRA)
+    tmp.replace(path)
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    keys = ("asr", "over_refusal", "safety_loss", "utility_loss", "utility_acc", "steps", "wall_time_s")
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), int | float))
+
+
+def as_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

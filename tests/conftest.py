@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+# Built toy worlds are cached here across test runs (and shared with `python -m sweeps.train`).
+CACHE_DIR = Path(os.environ.get("SWEEPS_CACHE_DIR", ROOT / ".cache"))
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def toy_root() -> Path:
+    """The default toy world (θ_base, θ_aligned); built once per machine, then read from the cache."""
+    from sweeps.toyworld import WorldConfig, ensure_world
+
+    return ensure_world(WorldConfig(), CACHE_DIR)
+
+
+@pytest.fixture(scope="session")
+def toy_world():
+    from sweeps.toyworld import World, WorldConfig
+
+    return World(WorldConfig())
+
+
+@pytest.fixture()
+def aligned(toy_root):
+    """A fresh copy of θ_aligned and its tokenizer (tests may modify the model)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(toy_root / "aligned")
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(toy_root / "aligned")
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data file not present: {path}")
+    return path

@@ -1,0 +1,81 @@
+"""Every config file under conf/ composes against the schema and passes validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from sweeps.config import ConfigError, validate
+from sweeps.train import to_train_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# groups whose options need a user value (marked ???) get one here
+NEEDS = {"model/hf.yaml": ["model.name_or_path=/tmp"], "model/hf_lora.yaml": ["model.name_or_path=/tmp"]}
+
+
+def _options() -> list[str]:
+    found = sorted(str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml") if p.parent != CONF)
+    assert found, "no config files found"
+    return found
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def test_default_config_composes_and_validates() -> None:
+    validate(to_train_config(_compose([])))
+
+
+@pytest.mark.parametrize("rel", _options())
+def test_every_config_file_composes(rel: str) -> None:
+    group, option = rel.rsplit("/", 1)[0], Path(rel).stem
+    override = f"method=[{option}]" if group == "method" else f"{group}={option}"
+    cfg = to_train_config(_compose([override, *NEEDS.get(rel, [])]))
+    if rel.startswith("model/hf"):
+        return  # validation of an HF model needs the model itself
+    validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lr=-1", "optim.lr"),
+        ("optim.lr=0", "optim.lr"),
+        ("optim.batch_size=0", "optim.batch_size"),
+        ("optim.grad_accum=0", "optim.grad_accum"),
+        ("optim.name=adam9", "optim.name"),
+        ("optim.scheduler=exp", "optim.scheduler"),
+        ("model.dtype=float8", "model.dtype"),
+        ("data.poison.ratio=1.5", "data.poison.ratio"),
+        ("data.train.source=file", "data.train.path"),
+        ("+data.train.path=/no/such/file.csv", "data.train.path"),
+        ("eval.asr.keywords=nope", "eval.asr.keywords"),
+        ("+world.hidden=3", "world.hidden"),
+        ("method=[ema]", None),
+    ],
+)
+def test_bad_values_are_named(override: str, key: str | None) -> None:
+    extra = ["data.train.source=file"] if "data.train.path" in override else []
+    extra += ["method.ema.eta=1.5"] if override == "method=[ema]" else []
+    cfg = to_train_config(_compose([override, *extra]))
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert (key or "method.ema.eta") in str(err.value)
+
+
+def test_several_errors_reported_together() -> None:
+    cfg = to_train_config(_compose(["optim.lr=-1", "optim.batch_size=0", "method=[ema]", "method.ema.eta=-0.1"]))
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    for key in ("optim.lr", "optim.batch_size", "method.ema.eta"):
+        assert key in str(err.value)
+
+
+def test_type_errors_name_the_key() -> None:
+    with pytest.raises(Exception) as err:
+        to_train_config(_compose(["optim.lr=fast"]))
+    assert "optim.lr" in str(err.value)

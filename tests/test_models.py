@@ -1,0 +1,63 @@
+"""Model loading: LoRA through peft, plain-template fallback, toy-world cache, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sweeps.config import ConfigError, LoraConfig, ModelConfig, OptimConfig
+from sweeps.formatting import PLAIN_TEMPLATE, PromptFormatter
+from sweeps.loop import train
+from sweeps.methods import EMA, MethodStack
+from sweeps.models import load_model
+from sweeps.toyworld import WorldConfig, ensure_world, toy_examples, world_key
+
+
+def test_lora_trains_only_adapters_and_ema_scopes_them(toy_root, toy_world) -> None:
+    cfg = ModelConfig(device="cpu", lora=LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0))
+    model, tok = load_model(cfg, str(toy_root / "aligned"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    fmt = PromptFormatter(tok)
+    data = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("user_train", toy_world)[:32]]
+    ema = EMA(eta=0.5, mode="shadow")
+    result = train(model, data, OptimConfig(lr=1e-2, batch_size=4, max_steps=3), MethodStack([ema]),
+                   pad_id=tok.pad_token_id, progress=False)  # fmt: skip
+    assert result.status == "completed"
+    assert set(ema.names) == trainable
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+
+
+def test_bad_lora_target_is_a_config_error(toy_root) -> None:
+    cfg = ModelConfig(device="cpu", lora=LoraConfig(enabled=True, target_modules=["no_such_proj"]))
+    with pytest.raises(ConfigError, match=r"model\.lora\.target_modules"):
+        load_model(cfg, str(toy_root / "aligned"))
+
+
+def test_missing_model_dir_is_a_config_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"model\.name_or_path"):
+        load_model(ModelConfig(device="cpu"), str(tmp_path))
+
+
+def test_plain_template_when_tokenizer_has_no_chat_template(aligned) -> None:
+    _, tok = aligned
+    tok.chat_template = None
+    fmt = PromptFormatter(tok)
+    assert not fmt.use_chat
+    assert fmt.prompt_text("hello") == PLAIN_TEMPLATE.format(prompt="hello")
+    chat = PromptFormatter(tok, template="Q: {prompt} A:")
+    assert chat.prompt_text("hi") == "Q: hi A:"
+
+
+def test_world_cache_is_reused_and_keyed_by_config(toy_root) -> None:
+    from tests.conftest import CACHE_DIR
+
+    before = (toy_root / "aligned" / "model.safetensors").stat().st_mtime_ns
+    assert ensure_world(WorldConfig(), CACHE_DIR) == toy_root
+    assert (toy_root / "aligned" / "model.safetensors").stat().st_mtime_ns == before  # not rebuilt
+    assert world_key(WorldConfig()) != world_key(WorldConfig(seed=1))
+    assert world_key(WorldConfig()) == toy_root.name.split("-")[-1]
+    assert not list(toy_root.glob("**/*.bin")) and not list(toy_root.glob("**/*.pt"))  # safetensors only
