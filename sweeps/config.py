@@ -39,6 +39,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     attn_implementation: str | None = None  # None = transformers' default; "eager" for Hessian-vector products
     gradient_checkpointing: bool = False
+    reuse: bool = True  # keep the loaded model across the trials of one worker; restore its weights in memory
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -124,6 +125,24 @@ class OutputConfig:
 
 
 @dataclass
+class TrialInfo:
+    """Set by the sweeper (hydra/sweeper=safety) so the trial can report to its study; check_* and stop_if are
+    the user's: intermediate checks during training (pruning for one objective, early stop on a violated bound)."""
+
+    study: str | None = None
+    storage: str | None = None
+    number: int | None = None
+    trial_id: int | None = None
+    pruner: str = "none"  # the study's pruner: none | median | hyperband
+    pruner_kwargs: str = "{}"  # its arguments, as JSON
+    single_objective: bool = False
+    check_every: int = 0  # optimiser steps between checks; 0 = no checks
+    check_metric: str = "utility_loss"  # reported to the pruner at each check
+    check_limit: int = 32  # eval examples per check (a small probe set)
+    stop_if: dict[str, float] = field(default_factory=dict)  # metric -> bound: stop as "pruned" when exceeded
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -133,6 +152,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     world: dict[str, Any] = field(default_factory=dict)  # toy-world settings (sweeps.toyworld.WorldConfig)
+    trial: TrialInfo = field(default_factory=TrialInfo)
     seed: int = 0
     cache_dir: str = ".cache"  # where built toy worlds live
 
@@ -220,6 +240,14 @@ def validate(cfg: TrainConfig) -> None:
         errors.append("eval.asr.batch_size / eval.nll_batch_size: must be > 0")
     if e.accuracy not in _CHECKERS:
         errors.append(f"eval.accuracy: '{e.accuracy}' is not one of {sorted(c for c in _CHECKERS if c)} or null")
+    t = cfg.trial
+    if t.check_every < 0 or t.check_limit <= 0:
+        errors.append("trial.check_every / trial.check_limit: must be >= 0 / > 0")
+    from sweeps.scoring.scorer import METRICS
+
+    for key in [t.check_metric, *t.stop_if]:
+        if t.check_every and key not in METRICS:
+            errors.append(f"trial: check metric '{key}' is not one of {list(METRICS)}")
     if e.judge != "keyword":
         errors.append(f"eval.judge: '{e.judge}' is not a known judge (available: keyword)")
 

@@ -37,6 +37,13 @@ def load_tokenizer(cfg: ModelConfig, path: str) -> PreTrainedTokenizerBase:
 
 
 def load_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model, tok = load_base_model(cfg, path)
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg)
+    return model, tok
+
+
+def load_base_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tok = load_tokenizer(cfg, path)
     kwargs = {"dtype": DTYPES[cfg.dtype], "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file:
@@ -53,9 +60,45 @@ def load_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTrained
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    if cfg.lora.enabled:
-        model = apply_lora(model, cfg)
     return model, tok
+
+
+class ModelPool:
+    """Keeps one loaded base model per worker process across trials (a sweep's trials share it).
+
+    `acquire` hands out the model with its pristine weights restored from an in-memory CPU copy (bit-identical to a
+    fresh load, without touching the disk); `release` strips a LoRA wrapper so the next trial starts clean.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._entry: tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, torch.Tensor]] | None = None
+        self.loads = 0
+
+    def acquire(self, cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        key = (path, cfg.dtype, cfg.device, cfg.gguf_file, cfg.revision, cfg.attn_implementation,
+               cfg.trust_remote_code, cfg.gradient_checkpointing)  # fmt: skip
+        if key != self._key or self._entry is None:
+            self._entry = None  # drop the old model before loading another
+            model, tok = load_base_model(cfg, path)
+            pristine = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self._key, self._entry, self.loads = key, (model, tok, pristine), self.loads + 1
+        else:
+            model, tok, pristine = self._entry
+            model.load_state_dict(pristine)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.eval()
+        if cfg.lora.enabled:
+            return apply_lora(model, cfg), tok
+        return model, tok
+
+    def release(self, model: torch.nn.Module) -> None:
+        if hasattr(model, "unload") and hasattr(model, "peft_config"):
+            model.unload()  # removes the adapter layers from the shared base model
+
+
+POOL = ModelPool()
 
 
 def apply_lora(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:

@@ -36,7 +36,7 @@ def _overrides(run_dir: Path) -> str:
     if not path.exists():
         return ""
     items = [line[2:].strip() for line in path.read_text().splitlines() if line.startswith("- ")]
-    return " ".join(i for i in items if not i.startswith("hydra."))
+    return " ".join(i for i in items if not i.startswith(("hydra.", "trial.")))
 
 
 def _fmt(value: Any) -> str:

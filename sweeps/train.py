@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -32,7 +33,7 @@ def to_train_config(dcfg: DictConfig) -> TrainConfig:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(dcfg: DictConfig) -> float | None:
+def main(dcfg: DictConfig) -> dict:
     from sweeps.trial import run_trial  # heavy imports after config errors had their chance to fail fast
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -43,10 +44,12 @@ def main(dcfg: DictConfig) -> float | None:
         metrics = run_trial(cfg, run_dir)
     except ConfigError as e:
         log.error("%s", e)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper records the trial as failed, with this message as the reason
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"run dir: {run_dir}")
-    return metrics.get("asr")
+    return metrics
 
 
 if __name__ == "__main__":

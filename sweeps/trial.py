@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import time
@@ -17,7 +18,7 @@ from sweeps.data import DataError, Example, load_examples, poison_examples
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import train
 from sweeps.methods import build_methods
-from sweeps.models import load_model
+from sweeps.models import POOL, load_model
 from sweeps.rundir import atomic_write_json, atomic_write_jsonl, versions
 from sweeps.scoring.scorer import EvalSets, Scorer
 from sweeps.toyworld import World, WorldConfig, ensure_world
@@ -81,7 +82,15 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
         train_set, sets = load_data(cfg, world)
     except DataError as e:
         raise ConfigError(str(e)) from None
-    model, tok = load_model(cfg.model, model_path)
+    model, tok = POOL.acquire(cfg.model, model_path) if cfg.model.reuse else load_model(cfg.model, model_path)
+    try:
+        return _run(cfg, run_dir, start, model, tok, train_set, sets, progress)
+    finally:
+        if cfg.model.reuse:
+            POOL.release(model)
+
+
+def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, sets, progress) -> dict[str, Any]:
     fmt = PromptFormatter(tok, cfg.data.template, cfg.data.system_prompt)
     encoded = [fmt.encode_pair(e.prompt, e.response, cfg.data.max_length) for e in train_set]
     scorer = Scorer(tok, fmt, sets, cfg.eval, max_length=cfg.data.max_length)
@@ -95,7 +104,17 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
         generations += [{**g, "weights": "start"} for g in base.generations]
 
     log.info("training on %d examples (%d poisoned)", len(encoded), sum(e.harmful for e in train_set))
-    result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress)
+    checks = None
+    if cfg.trial.check_every:
+        probe = Scorer(tok, fmt, _probe_sets(sets, cfg.trial.check_limit), cfg.eval, max_length=cfg.data.max_length)
+        checks = TrialChecks(cfg, probe, methods, model)
+    result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress,
+                   on_step=checks)  # fmt: skip
+    if checks is not None and checks.stop_reason:
+        result.status = "pruned"
+        metrics.update(prune_reason=checks.stop_reason, pruned_at=result.steps)
+    if checks is not None:
+        metrics.update({f"check/{k}": v for k, v in checks.last.items()})
     metrics.update(
         status=result.status, steps=result.steps, diverged_at=result.diverged_at,
         effective_batch_size=result.effective_batch_size, train_tokens=result.train_tokens,
@@ -126,6 +145,53 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
     atomic_write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished trial
     log.info("trial %s: %s", result.status, _summary(metrics))
     return metrics
+
+
+def _probe_sets(sets: EvalSets, limit: int) -> EvalSets:
+    return EvalSets(**{f.name: (v[:limit] if (v := getattr(sets, f.name)) else v) for f in dataclasses.fields(sets)})
+
+
+class TrialChecks:
+    """`on_step` callback: every `trial.check_every` steps score a probe set; report to the study (one objective:
+    the pruner decides) and stop when a `trial.stop_if` bound is exceeded (any number of objectives)."""
+
+    def __init__(self, cfg: TrainConfig, probe: Scorer, methods, model) -> None:
+        self.cfg, self.probe, self.methods, self.model = cfg.trial, probe, methods, model
+        self.metrics = list(dict.fromkeys([self.cfg.check_metric, *self.cfg.stop_if]))
+        self.stop_reason: str | None = None
+        self.last: dict[str, float] = {}
+        self.optuna_trial = self._connect()
+
+    def _connect(self):
+        if self.cfg.study is None or self.cfg.storage is None or self.cfg.trial_id is None:
+            return None
+        import optuna
+
+        from sweeps.study.runner import make_pruner
+        from sweeps.study.storage import load_study
+
+        pruner = make_pruner(self.cfg.pruner, json.loads(self.cfg.pruner_kwargs))
+        study = load_study(self.cfg.study, self.cfg.storage, pruner)
+        return optuna.trial.Trial(study, self.cfg.trial_id)
+
+    def __call__(self, step: int, loss: float) -> bool:
+        if step % self.cfg.check_every:
+            return False
+        with self.methods.eval_weights():
+            self.last = self.probe.score(self.model, self.metrics).metrics
+        value = self.last[self.cfg.check_metric]
+        log.info("check at step %d: %s", step, {k: round(v, 4) for k, v in self.last.items() if k in self.metrics})
+        if self.optuna_trial is not None:
+            if self.cfg.single_objective:
+                self.optuna_trial.report(value, step)
+                if self.optuna_trial.should_prune():
+                    self.stop_reason = f"pruner ({self.cfg.pruner}) at step {step}: {self.cfg.check_metric}={value:.4g}"
+            else:  # Optuna's report() is single-objective only: keep the curve in user attrs
+                self.optuna_trial.set_user_attr(f"check/{self.cfg.check_metric}/{step}", value)
+        for metric, bound in self.cfg.stop_if.items():
+            if self.last[metric] > bound:
+                self.stop_reason = f"{metric}={self.last[metric]:.4g} > {bound} at step {step}"
+        return self.stop_reason is not None
 
 
 def _save_weights(model: torch.nn.Module, path: Path) -> None:

@@ -79,3 +79,24 @@ def test_type_errors_name_the_key() -> None:
     with pytest.raises(Exception) as err:
         to_train_config(_compose(["optim.lr=fast"]))
     assert "optim.lr" in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "search_space").glob("*.yaml")))
+def test_search_space_configs_define_valid_sweeps(name: str, tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from sweeps.study.runner import SweepSettings, check_settings, parse_objectives
+    from sweeps.study.space import parse_space
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"search_space={name}"], return_hydra_config=True)
+    sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+    assert sweeper.pop("_target_").startswith("hydra_plugins.")
+    settings = SweepSettings(**sweeper)
+    assert check_settings(settings) == []
+    space, _ = parse_space([f"{k}={v}" for k, v in settings.params.items()])
+    assert space
+    assert set(parse_objectives(settings.objectives)) <= {"asr", "utility_acc", "utility_loss", "safety_loss"}
+    for params in settings.enqueue:
+        assert set(params) <= set(space), f"enqueued keys must be searched parameters: {params}"
+    validate(to_train_config(_compose([f"search_space={name}"])))

@@ -1,0 +1,77 @@
+"""The Hydra side of the sweeper: turns Hydra job results into Outcomes for sweeps.study.runner.Sweep."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.safety_sweeper.config import SafetySweeperConf  # noqa: F401  (registers the config)
+from sweeps.study.runner import Outcome, Sweep, SweepError, SweepSettings
+from sweeps.study.space import SearchSpaceError
+
+log = logging.getLogger(__name__)
+
+
+def _outcome(ret: JobReturn) -> Outcome:
+    run_dir = str(ret.working_dir) if ret.working_dir else None
+    if ret.status == JobStatus.COMPLETED:
+        value = ret.return_value
+        if isinstance(value, dict):
+            return Outcome(metrics=value, run_dir=run_dir)
+        error = f"the task returned {type(value).__name__}, not a metrics dict"
+        return Outcome(metrics=None, error=error, run_dir=run_dir)
+    error = ret._return_value  # the exception the job raised
+    return Outcome(metrics=None, error=f"{type(error).__name__}: {error}", run_dir=run_dir)
+
+
+class SafetySweeper(Sweeper):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs = {k: (OmegaConf.to_container(v) if isinstance(v, DictConfig | list) or OmegaConf.is_config(v) else v)
+                  for k, v in kwargs.items()}  # fmt: skip
+        self.settings = SweepSettings(**kwargs)
+        self.launcher = None
+        self.config: DictConfig | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def _launch(self, overrides: list[list[str]], numbers: list[int]) -> list[Outcome]:
+        # job numbers = trial numbers, so each trial's run dir is <sweep dir>/<trial number>
+        if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            rets = self.launcher.launch([tuple(o) for o in overrides], initial_job_idx=numbers[0])
+        else:
+            rets = [r for o, n in zip(overrides, numbers, strict=True)
+                    for r in self.launcher.launch([tuple(o)], initial_job_idx=n)]  # fmt: skip
+        return [_outcome(r) for r in rets]
+
+    def sweep(self, arguments: list[str]) -> Any:
+        assert self.config is not None
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        try:
+            sweep = Sweep(self.settings, arguments, sweep_dir)
+            counts = sweep.run(self._launch)
+        except (SweepError, SearchSpaceError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        n = sum(counts.values())
+        print(f"study '{self.settings.study_name}': {n} trial(s) run now "
+              f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed); "
+              f"storage {sweep.url}\nwatch it with: {sweep_dashboard(sweep.url)}", flush=True)  # fmt: skip
+        return counts
+
+
+def sweep_dashboard(url: str) -> str:
+    from sweeps.study.storage import dashboard_command
+
+    return dashboard_command(url)

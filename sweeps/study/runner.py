@@ -1,0 +1,385 @@
+"""The sweep loop behind our Hydra sweeper: ask Optuna for trials, launch them, tell the results.
+
+Kept free of Hydra types: `launch(overrides, numbers)` is any callable that runs trials and returns one `Outcome`
+each, so the loop is testable on its own and the plugin in hydra_plugins/ stays thin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import Trial, TrialState
+
+from sweeps.study.space import fingerprint, grid_values, parse_space
+from sweeps.study.storage import ask_lock, dashboard_command, is_journal, open_storage, resolve_storage_url
+
+log = logging.getLogger(__name__)
+DIRECTIONS = ("minimize", "maximize")
+FAILURE_POLICIES = ("fail", "infeasible")
+SAMPLERS = ("tpe", "nsga2", "random", "grid")
+PRUNERS = ("none", "median", "hyperband")
+
+
+class SweepError(RuntimeError):
+    """A sweep-level user error or stop condition; the message says what to change."""
+
+
+@dataclass
+class SweepSettings:
+    study_name: str = "study"
+    storage: str | None = None  # None: a journal file in the sweep dir; else an SQLAlchemy URL
+    n_trials: int = 20  # the study's total, over all runs and workers
+    n_jobs: int = 1  # trials launched together (useful with a parallel launcher)
+    # lists, not dicts, so that a shell override replaces them: ["metric:minimize", ...], ["asr<=0.05", ...]
+    objectives: list[str] = field(default_factory=lambda: ["asr:minimize", "utility_acc:maximize"])
+    constraints: list[str] = field(default_factory=list)
+    sampler: str = "tpe"  # tpe | nsga2 | random | grid
+    seed: int | None = 0
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    pruner: str = "none"  # none | median | hyperband (single-objective studies)
+    pruner_kwargs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)  # key -> Hydra sweep grammar
+    enqueue: list[dict[str, Any]] = field(default_factory=list)  # baseline recipes run first (once)
+    on_failure: str = "fail"  # fail: FAIL the trial | infeasible: COMPLETE with `worst` values, constraints violated
+    worst: dict[str, float] = field(default_factory=lambda: {"asr": 1.0, "utility_acc": 0.0})
+    max_failure_rate: float = 0.5
+    lease_seconds: float = 120.0  # a RUNNING trial whose worker stopped renewing this long ago is failed and re-queued
+
+
+@dataclass
+class Outcome:
+    metrics: dict[str, Any] | None  # the trial's metrics.json content
+    error: str | None = None  # why the job failed (exception), if it did
+    run_dir: str | None = None
+
+
+Launch = Callable[[list[list[str]], list[int]], list[Outcome]]
+
+
+def parse_constraint(spec: str) -> tuple[str, str, float]:
+    text = str(spec).replace(" ", "")
+    for op in ("<=", ">="):
+        metric, found, bound = text.partition(op)
+        if found and metric:
+            try:
+                return metric, op, float(bound)
+            except ValueError:
+                break
+    raise SweepError(f"hydra.sweeper.constraints: expected 'metric<=number' or 'metric>=number', got '{spec}'")
+
+
+def parse_objectives(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        metric, _, direction = str(spec).replace(" ", "").partition(":")
+        direction = {"min": "minimize", "max": "maximize"}.get(direction, direction)
+        if not metric or direction not in DIRECTIONS:
+            raise SweepError(f"hydra.sweeper.objectives: expected 'metric:minimize' or 'metric:maximize', got '{spec}'")
+        out[metric] = direction
+    return out
+
+
+def check_settings(s: SweepSettings) -> list[str]:
+    errors = []
+    if s.n_trials < 1:
+        errors.append(f"hydra.sweeper.n_trials: must be >= 1, got {s.n_trials}")
+    if s.n_jobs < 1:
+        errors.append(f"hydra.sweeper.n_jobs: must be >= 1, got {s.n_jobs}")
+    objectives: dict[str, str] = {}
+    if not s.objectives:
+        errors.append("hydra.sweeper.objectives: name at least one metric")
+    try:
+        objectives = parse_objectives(s.objectives)
+    except SweepError as e:
+        errors.append(str(e))
+    if s.sampler not in SAMPLERS:
+        errors.append(f"hydra.sweeper.sampler: '{s.sampler}' is not one of {list(SAMPLERS)}")
+    if s.pruner not in PRUNERS:
+        errors.append(f"hydra.sweeper.pruner: '{s.pruner}' is not one of {list(PRUNERS)}")
+    if s.pruner != "none" and len(s.objectives) > 1:
+        errors.append("hydra.sweeper.pruner: Optuna prunes single-objective studies only; for several objectives "
+                      "use trial.stop_if (early stop on a violated constraint)")  # fmt: skip
+    if s.on_failure not in FAILURE_POLICIES:
+        errors.append(f"hydra.sweeper.on_failure: '{s.on_failure}' is not one of {list(FAILURE_POLICIES)}")
+    if s.on_failure == "infeasible":
+        errors += [f"hydra.sweeper.worst.{k}: needed by on_failure=infeasible" for k in objectives if k not in s.worst]
+    if not 0 <= s.max_failure_rate <= 1:
+        errors.append(f"hydra.sweeper.max_failure_rate: must be in [0, 1], got {s.max_failure_rate}")
+    if s.lease_seconds <= 0:
+        errors.append(f"hydra.sweeper.lease_seconds: must be > 0, got {s.lease_seconds}")
+    for spec in s.constraints:
+        try:
+            parse_constraint(spec)
+        except SweepError as e:
+            errors.append(str(e))
+    return errors
+
+
+def make_sampler(name: str, seed: int | None, kwargs: dict[str, Any],
+                 space: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:  # fmt: skip
+    kwargs = {**kwargs, "seed": seed}
+    if name == "grid":
+        return optuna.samplers.GridSampler({k: grid_values(k, d) for k, d in space.items()}, **kwargs)
+    cls = {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
+           "random": optuna.samplers.RandomSampler}[name]  # fmt: skip
+    return cls(**kwargs)
+
+
+def make_pruner(name: str, kwargs: dict[str, Any] | None = None) -> optuna.pruners.BasePruner:
+    kwargs = kwargs or {}
+    if name == "median":
+        return optuna.pruners.MedianPruner(**kwargs)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(**kwargs)
+    return optuna.pruners.NopPruner()
+
+
+def override_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+class _Lease:
+    """Renews `lease_until` on the given RUNNING trials from a background thread while they run."""
+
+    def __init__(self, trials: Sequence[Trial], seconds: float) -> None:
+        self.trials, self.seconds = list(trials), seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _renew(self) -> None:
+        for t in self.trials:
+            # a trial that finished meanwhile, or a storage hiccup, raises: the next renewal retries
+            with contextlib.suppress(Exception):
+                t.set_user_attr("lease_until", time.time() + self.seconds)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            self._renew()
+
+    def __enter__(self) -> _Lease:
+        self._renew()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def recover_stale(study: optuna.Study, now: float | None = None) -> list[int]:
+    """Fail RUNNING trials whose lease expired (their worker died) and re-queue their parameters."""
+    now = time.time() if now is None else now
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        lease = t.user_attrs.get("lease_until")
+        if lease is None or lease > now:
+            continue
+        storage = study._storage
+        try:
+            storage.set_trial_user_attr(t._trial_id, "requeued", True)
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker lost: lease expired")
+            study.tell(t.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError):
+            continue  # another worker recovered it first
+        study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number})
+        log.warning("trial %d: worker lost (lease expired); failed and re-queued", t.number)
+        recovered.append(t.number)
+    return recovered
+
+
+def budget_used(study: optuna.Study) -> int:
+    """Trials that count towards n_trials: every asked trial except re-queued or surplus ones."""
+    return sum(
+        1 for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING and not t.user_attrs.get("requeued") and not t.user_attrs.get("surplus")
+    )  # fmt: skip
+
+
+class Sweep:
+    def __init__(self, settings: SweepSettings, arguments: list[str], sweep_dir: str | Path) -> None:
+        errors = check_settings(settings)
+        if errors:
+            raise SweepError("invalid sweeper config:\n  " + "\n  ".join(errors))
+        self.s = settings
+        self.space, self.fixed = parse_space([f"{k}={v}" for k, v in settings.params.items()] + list(arguments))
+        if not self.space:
+            raise SweepError("empty search space: give hydra.sweeper.params or sweep overrides like "
+                             "'optim.lr=tag(log, interval(1e-5, 1e-2))'")  # fmt: skip
+        self.objectives = parse_objectives(settings.objectives)
+        self.constraints = [parse_constraint(spec) for spec in settings.constraints]
+        self.url = resolve_storage_url(settings.storage, sweep_dir)
+        if self.url.startswith("sqlite") and settings.n_jobs > 1:
+            raise SweepError("hydra.sweeper.storage: sqlite with several workers crashed workers here; use the "
+                             "default journal file (storage: null) or PostgreSQL")  # fmt: skip
+        self.study = optuna.create_study(
+            study_name=settings.study_name, storage=open_storage(self.url),
+            sampler=self._sampler(0), pruner=make_pruner(settings.pruner, settings.pruner_kwargs),
+            directions=list(self.objectives.values()), load_if_exists=True,
+        )  # fmt: skip
+        self._check_fingerprint()
+        self.worker = uuid.uuid4().hex[:8]
+
+    def _check_fingerprint(self) -> None:
+        fp = fingerprint(self.space, self.fixed, self.objectives, sorted(self.s.constraints))
+        stored = self.study.user_attrs.get("fingerprint")
+        if stored is None:
+            self.study.set_user_attr("fingerprint", fp)
+            self.study.set_metric_names(list(self.objectives))
+            return
+        if stored.get("hash") != fp["hash"]:
+            changed = [k for k in ("space", "fixed", "objectives", "constraints") if stored.get(k) != fp[k]]
+            raise SweepError(
+                f"study '{self.s.study_name}' in {self.url} was run with a different {', '.join(changed)}; "
+                "continue it with the same command, or start a new study (hydra.sweeper.study_name=...)"
+            )
+
+    def _sampler(self, offset: int) -> optuna.samplers.BaseSampler:
+        seed = None if self.s.seed is None else int(self.s.seed) + offset
+        return make_sampler(self.s.sampler, seed, self.s.sampler_kwargs, self.space)
+
+    def trial_overrides(self, trial: Trial) -> list[str]:
+        params = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
+        fixed = [f"{k}={v}" for k, v in self.fixed.items() if k not in trial.params]
+        info = [
+            f"trial.study={self.s.study_name}", f"trial.storage='{self.url}'", f"trial.number={trial.number}",
+            f"trial.trial_id={trial._trial_id}", f"trial.pruner={self.s.pruner}",
+            f"trial.pruner_kwargs='{json.dumps(dict(self.s.pruner_kwargs))}'",
+            f"trial.single_objective={'true' if len(self.objectives) == 1 else 'false'}",
+        ]  # fmt: skip
+        return fixed + params + info
+
+    def _ask(self) -> list[Trial]:
+        with ask_lock(self.url):
+            recover_stale(self.study)
+            used = budget_used(self.study)
+            if used >= self.s.n_trials:
+                return []
+            trials = []
+            for _ in range(min(self.s.n_jobs, self.s.n_trials - used)):
+                # A fixed seed would replay the same suggestions in every resumed or parallel worker; offsetting it
+                # by the study's trial count keeps suggestions reproducible from the history yet distinct.
+                self.study.sampler = self._sampler(len(self.study.get_trials(deepcopy=False)))
+                trials.append(self.study.ask(self.space))
+            for t in trials:
+                t.set_user_attr("worker", self.worker)
+                t.set_user_attr("lease_until", time.time() + self.s.lease_seconds)
+        if not is_journal(self.url) and not self.url.startswith("sqlite"):
+            trials = self._drop_surplus(trials)  # no shared lock across machines: check afterwards
+        return trials
+
+    def _drop_surplus(self, trials: list[Trial]) -> list[Trial]:
+        counted = sorted(t.number for t in self.study.get_trials(deepcopy=False)
+                         if t.state != TrialState.WAITING and not t.user_attrs.get("requeued")
+                         and not t.user_attrs.get("surplus"))  # fmt: skip
+        allowed = set(counted[: self.s.n_trials])
+        keep = []
+        for t in trials:
+            if t.number in allowed:
+                keep.append(t)
+            else:
+                t.set_user_attr("surplus", True)
+                t.set_user_attr("fail_reason", "budget reached by other workers")
+                self.study.tell(t, state=TrialState.FAIL)
+        return keep
+
+    def run(self, launch: Launch) -> dict[str, int]:
+        for params in self.s.enqueue:
+            self.study.enqueue_trial(dict(params), user_attrs={"baseline": True}, skip_if_exists=True)
+        log.info("study '%s' in %s; watch it with: %s", self.s.study_name, self.url, dashboard_command(self.url))
+        counts = {"complete": 0, "pruned": 0, "failed": 0}
+        while trials := self._ask():
+            try:
+                with _Lease(trials, self.s.lease_seconds):
+                    outcomes = launch([self.trial_overrides(t) for t in trials], [t.number for t in trials])
+            except KeyboardInterrupt:
+                self._requeue(trials, "interrupted (Ctrl-C)")
+                raise
+            for trial, outcome in zip(trials, outcomes, strict=True):
+                counts[self._tell(trial, outcome)] += 1
+            done = sum(counts.values())
+            failed = counts["failed"]
+            if failed and done >= min(3, self.s.n_trials) and failed / done > self.s.max_failure_rate:
+                raise SweepError(f"{failed} of {done} trials failed (max_failure_rate={self.s.max_failure_rate}); "
+                                 "see fail_reason in the study or the run dirs' logs")  # fmt: skip
+        return counts
+
+    def _requeue(self, trials: list[Trial], reason: str) -> None:
+        """Give interrupted trials back at once, so the next run re-runs them without waiting for the lease."""
+        for t in trials:
+            try:
+                t.set_user_attr("requeued", True)
+                t.set_user_attr("fail_reason", reason)
+                self.study.tell(t, state=TrialState.FAIL)
+                self.study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number})
+            except Exception:  # already finished; leave it
+                continue
+        log.warning("interrupted: trial(s) %s re-queued", [t.number for t in trials])
+
+    def _tell(self, trial: Trial, outcome: Outcome) -> str:
+        m = outcome.metrics or {}
+        if outcome.run_dir:
+            trial.set_user_attr("run_dir", outcome.run_dir)
+        for k, v in m.items():
+            if isinstance(v, int | float | str | bool) and k not in self.objectives:
+                trial.set_user_attr(k, v)
+        status = m.get("status")
+        if outcome.error is None and status == "pruned":
+            trial.set_user_attr("prune_reason", m.get("prune_reason", ""))
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return "pruned"
+        reason = outcome.error
+        values = None
+        if reason is None:
+            if status != "completed":
+                reason = f"trial status '{status}'" + (f" at step {m['diverged_at']}" if m.get("diverged_at") else "")
+            else:
+                values = [m.get(k) for k in self.objectives]
+                bad = [k for k, v in zip(self.objectives, values, strict=True)
+                       if not isinstance(v, int | float) or not math.isfinite(v)]  # fmt: skip
+                if bad:
+                    reason, values = f"objective(s) {bad} missing or not finite in metrics.json", None
+        if reason is None:
+            self._constraints(trial, m)
+            self.study.tell(trial, values=[float(v) for v in values])
+            return "complete"
+        trial.set_user_attr("fail_reason", reason[:2000])
+        log.warning("trial %d failed: %s", trial.number, reason.splitlines()[0] if reason else "")
+        if self.s.on_failure == "infeasible":
+            trial.set_user_attr("infeasible", True)
+            self._constraints(trial, {}, violated=True)
+            self.study.tell(trial, values=[float(self.s.worst[k]) for k in self.objectives])
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+        return "failed"
+
+    def _constraints(self, trial: Trial, m: dict[str, Any], violated: bool = False) -> None:
+        feasible = True
+        for metric, op, bound in self.constraints:
+            value = m.get(metric)
+            if violated or not isinstance(value, int | float):
+                c = 1.0  # unknown counts as violated
+            else:
+                c = value - bound if op == "<=" else bound - value
+            trial.set_constraint(f"{metric}{op}{bound}", c)
+            trial.set_user_attr(f"constraint/{metric}{op}{bound}", c)  # optuna-dashboard 0.21 shows user attrs only
+            feasible &= c <= 0
+        if self.constraints:
+            trial.set_user_attr("feasible", feasible)

@@ -1,0 +1,206 @@
+"""Sweeps through our Hydra sweeper on the toy world: storage, resume, crash recovery, failures, workers, dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import CACHE_DIR, PYTHON, ROOT
+
+# tiny trials: a few steps, small eval sets
+TINY = ["optim.max_steps=4", "optim.batch_size=8", "eval.asr.limit=16", "data.utility.limit=8",
+        "eval.asr.max_new_tokens=8", "eval.accuracy_max_new_tokens=12", "data.overrefusal.limit=8"]  # fmt: skip
+SPACE = ["optim.lr=tag(log, interval(1e-4, 1e-3))", "optim.batch_size=choice(4, 8)"]
+
+
+def _env() -> dict[str, str]:
+    # one thread per process: several CPU workers must not oversubscribe the cores
+    return {**os.environ, "SWEEPS_CACHE_DIR": str(CACHE_DIR), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+
+
+def _cmd(sweep_dir: Path, study: str, *args: str) -> list[str]:
+    keys = {a.split("=", 1)[0] for a in args}
+    tiny = [a for a in TINY if a.split("=", 1)[0] not in keys]
+    return [PYTHON, "-m", "sweeps.train", "-m", "hydra/sweeper=safety", f"hydra.sweep.dir={sweep_dir}",
+            f"hydra.sweeper.study_name={study}", *tiny, *args]  # fmt: skip
+
+
+def _sweep(sweep_dir: Path, study: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(sweep_dir, study, *args), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def _study(sweep_dir: Path, name: str) -> optuna.Study:
+    from sweeps.study.storage import load_study
+
+    return load_study(name, str(sweep_dir / "optuna.journal"))
+
+
+def _counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if not t.user_attrs.get("requeued") and t.state != TrialState.WAITING]
+
+
+@pytest.mark.slow
+def test_sweep_lands_trials_with_metrics_constraints_and_resumes(tmp_path, toy_root) -> None:
+    args = [*SPACE, "hydra.sweeper.constraints=['asr<=0.05']",
+            "hydra.sweeper.enqueue=[{optim.lr: 0.001, optim.batch_size: 8}]"]  # fmt: skip
+    proc = _sweep(tmp_path, "s", *args, "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"optuna-dashboard {tmp_path / 'optuna.journal'} --host 127.0.0.1" in proc.stdout
+    study = _study(tmp_path, "s")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert study.metric_names == ["asr", "utility_acc"]
+    first = study.trials[0]
+    assert first.params == {"optim.lr": 0.001, "optim.batch_size": 8} and first.user_attrs["baseline"]
+    for t in study.trials:
+        metrics = json.loads((tmp_path / str(t.number) / "metrics.json").read_text())
+        assert t.values == [metrics["asr"], metrics["utility_acc"]]
+        assert t.user_attrs["safety_loss"] == metrics["safety_loss"] and t.user_attrs["run_dir"]
+        assert t.system_attrs["constraints:asr<=0.05"] == pytest.approx(metrics["asr"] - 0.05)
+        assert t.user_attrs["constraint/asr<=0.05"] == pytest.approx(metrics["asr"] - 0.05)
+        assert "feasible" in t.user_attrs
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 3  # no duplicate suggestions
+    mtimes = {t.number: (tmp_path / str(t.number) / "metrics.json").stat().st_mtime_ns for t in study.trials}
+
+    # the same command again: nothing to do, nothing re-run or overwritten
+    proc = _sweep(tmp_path, "s", *args, "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0 and "0 trial(s) run now" in proc.stdout
+    assert len(_study(tmp_path, "s").trials) == 3
+    # a larger total continues the study
+    proc = _sweep(tmp_path, "s", *args, "hydra.sweeper.n_trials=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = _study(tmp_path, "s")
+    assert len(study.trials) == 4 and (tmp_path / "3" / "metrics.json").exists()
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
+    assert all((tmp_path / str(n) / "metrics.json").stat().st_mtime_ns == m for n, m in mtimes.items())
+
+    # a different search space is refused, clearly
+    proc = _sweep(tmp_path, "s", "optim.lr=tag(log, interval(1e-5, 1e-3))", *args[1:], "hydra.sweeper.n_trials=4")
+    assert proc.returncode == 2 and "different space" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_diverged_trials_fail_or_become_infeasible_and_failure_rate_stops(tmp_path, toy_root) -> None:
+    bad = ["optim=sgd", "optim.grad_clip=null", "optim.lr=choice(1e12, 1e13)", "optim.max_steps=6"]
+    proc = _sweep(tmp_path, "fail", *bad, "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=1.0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = _study(tmp_path, "fail").trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert all("diverged" in t.user_attrs["fail_reason"] for t in trials)
+
+    proc = _sweep(tmp_path, "inf", *bad, "hydra.sweeper.n_trials=2", "hydra.sweeper.on_failure=infeasible",
+                  "hydra.sweeper.constraints=['asr<=0.05']", "hydra.sweeper.max_failure_rate=1.0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = _study(tmp_path, "inf").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(t.values == [1.0, 0.0] and t.user_attrs["infeasible"] for t in trials)
+    assert all(t.system_attrs["constraints:asr<=0.05"] > 0 for t in trials)
+
+    proc = _sweep(tmp_path, "stop", *bad, "hydra.sweeper.n_trials=6", "hydra.sweeper.max_failure_rate=0.5")
+    assert proc.returncode == 2 and "max_failure_rate" in proc.stderr
+    assert len(_study(tmp_path, "stop").trials) == 3
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_is_failed_and_requeued(tmp_path, toy_root) -> None:
+    args = [*SPACE, "hydra.sweeper.n_trials=2", "hydra.sweeper.lease_seconds=3", "optim.max_steps=400"]
+    worker = subprocess.Popen(_cmd(tmp_path, "kill", *args), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 120
+    running = None
+    while time.time() < deadline and running is None:
+        time.sleep(1)
+        if (tmp_path / "optuna.journal").exists():
+            trials = _study(tmp_path, "kill").get_trials(states=(TrialState.RUNNING,))
+            running = trials[0] if trials else None
+    assert running is not None, "no trial started"
+    time.sleep(2)  # inside the trial
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(4)  # let the lease expire
+
+    proc = _sweep(tmp_path, "kill", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = _study(tmp_path, "kill").trials
+    lost = trials[running.number]
+    assert lost.state == TrialState.FAIL and "lease expired" in lost.user_attrs["fail_reason"]
+    redo = [t for t in trials if t.user_attrs.get("requeued_from") == running.number]
+    assert len(redo) == 1 and redo[0].state == TrialState.COMPLETE and redo[0].params == lost.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2  # the total counts the re-run once
+    assert not (tmp_path / str(running.number) / "metrics.json").exists()  # the killed run left no result
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_without_duplicates(tmp_path, toy_root) -> None:
+    args = [*SPACE, "hydra.sweeper.n_trials=4"]
+    workers = [subprocess.Popen(_cmd(tmp_path, "two", *args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    outs = [w.communicate(timeout=600) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [o[1][-2000:] for o in outs]
+    trials = _study(tmp_path, "two").trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both took part
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1", "2", "3"]
+
+
+@pytest.mark.slow
+def test_pruning_single_objective_and_constraint_stop_multi_objective(tmp_path, toy_root) -> None:
+    prune = ["optim.lr=choice(1e-3, 1e-7)", "optim.max_steps=20", "trial.check_every=5",
+             "hydra.sweeper.objectives=[utility_loss:minimize]", "hydra.sweeper.n_trials=2",
+             "hydra.sweeper.pruner=median", "++hydra.sweeper.pruner_kwargs.n_startup_trials=1",
+             "hydra.sweeper.enqueue=[{optim.lr: 0.001}, {optim.lr: 1e-07}]"]  # fmt: skip
+    proc = _sweep(tmp_path, "prune", *prune)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    good, bad = _study(tmp_path, "prune").trials
+    assert good.state == TrialState.COMPLETE and set(good.intermediate_values) == {5, 10, 15, 20}
+    assert bad.state == TrialState.PRUNED and "pruner (median)" in bad.user_attrs["prune_reason"]
+
+    stop = ["optim.lr=choice(1e-2, 2e-2)", "optim.batch_size=2", "optim.max_steps=200", "trial.check_every=50",
+            "trial.check_metric=asr", "++trial.stop_if.asr=0.5", "hydra.sweeper.n_trials=1"]  # fmt: skip
+    proc = _sweep(tmp_path, "stop", *stop)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (t,) = _study(tmp_path, "stop").trials
+    assert t.state == TrialState.PRUNED and t.user_attrs["prune_reason"].startswith("asr=")
+    assert any(k.startswith("check/asr/") for k in t.user_attrs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_lists_the_study(tmp_path) -> None:
+    from sweeps.study.storage import open_storage
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="dash", storage=open_storage(str(journal)), directions=["minimize"] * 2)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=2)
+    port = _free_port()
+    dashboard = Path(PYTHON).with_name("optuna-dashboard")
+    proc = subprocess.Popen([str(dashboard), str(journal), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        body = None
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    body = json.loads(r.read())
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "dashboard did not answer"
+        assert [s["study_name"] for s in body["study_summaries"]] == ["dash"]
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
