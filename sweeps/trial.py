@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from sweeps.config import ConfigError, TrainConfig, validate
+from sweeps.config import ConfigError, DataConfig, TrainConfig, validate
 from sweeps.data import DataError, Example, load_examples, poison_examples
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import train
@@ -37,14 +37,13 @@ def world_config(cfg: TrainConfig) -> WorldConfig:
     return WorldConfig(**cfg.world)
 
 
-def uses_toy(cfg: TrainConfig) -> bool:
-    specs = [getattr(cfg.data, k) for k in ("train", "utility", "harmful", "refusal", "compliance", "overrefusal")]
-    specs.append(cfg.data.poison.data)
-    return cfg.model.name_or_path == "toy" or any(s is not None and s.source == "toy" for s in specs)
+def uses_toy(model_name: str, data: DataConfig) -> bool:
+    specs = [getattr(data, k) for k in ("train", "utility", "harmful", "refusal", "compliance", "overrefusal")]
+    specs.append(data.poison.data)
+    return model_name == "toy" or any(s is not None and s.source == "toy" for s in specs)
 
 
-def load_data(cfg: TrainConfig, world: World | None) -> tuple[list[Example], EvalSets]:
-    d = cfg.data
+def load_data(d: DataConfig, world: World | None) -> tuple[list[Example], EvalSets]:
     train_set = load_examples(d.train, key="data.train", need=("prompt", "response"), world=world)
     if d.poison.ratio > 0:
         harmful = load_examples(d.poison.data, key="data.poison.data", need=("prompt", "response"), world=world)
@@ -73,13 +72,13 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
 
     world = None
     model_path = cfg.model.name_or_path
-    if uses_toy(cfg):
+    if uses_toy(cfg.model.name_or_path, cfg.data):
         world = World(world_config(cfg))
         root = ensure_world(world.cfg, cfg.cache_dir)
         if model_path == "toy":
             model_path = str(root / "aligned")
     try:
-        train_set, sets = load_data(cfg, world)
+        train_set, sets = load_data(cfg.data, world)
     except DataError as e:
         raise ConfigError(str(e)) from None
     model, tok = POOL.acquire(cfg.model, model_path) if cfg.model.reuse else load_model(cfg.model, model_path)

@@ -50,8 +50,9 @@ def test_grid_refuses_continuous_interval() -> None:
 
 def test_settings_checks_and_parsers() -> None:
     assert check_settings(SweepSettings()) == []
-    errors = check_settings(SweepSettings(n_trials=0, sampler="cma", objectives=["asr:up", "b:min"], constraints=["asr<5%"],
-                                          pruner="median", on_failure="ignore", max_failure_rate=2))  # fmt: skip
+    bad = SweepSettings(n_trials=0, sampler="cma", objectives=["asr:up", "b:min"], constraints=["asr<5%"],
+                        pruner="median", on_failure="ignore", max_failure_rate=2)
+    errors = check_settings(bad)
     text = "\n".join(errors)
     for key in ("n_trials", "sampler", "objectives", "constraints", "pruner", "on_failure", "max_failure_rate"):
         assert f"hydra.sweeper.{key}" in text

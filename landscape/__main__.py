@@ -1,0 +1,51 @@
+"""`python -m landscape [overrides]`: compute (or resume) a landscape, then write its table, manifest and figures."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from landscape.config import LandscapeAppConfig
+from sweeps.config import ConfigError
+from sweeps.rundir import atomic_write_text
+
+log = logging.getLogger("landscape")
+ConfigStore.instance().store(name="landscape_schema", node=LandscapeAppConfig)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="landscape")
+def main(dcfg: DictConfig) -> None:
+    from landscape.plots import make_figures
+    from landscape.run import run_landscape
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        try:
+            cfg = OmegaConf.to_object(dcfg)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{getattr(e, 'full_key', '')}: {str(e).splitlines()[0]}") from None
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(dcfg, resolve=True))
+        result = run_landscape(cfg, out)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if not result["complete"]:
+        print(f"{result['points']} point(s) done so far in {out}; rerun the same command to continue")
+        return
+    figures = make_figures(out, cfg.landscape.surface3d)
+    for metric, entry in result["summaries"].items():
+        r = entry["radius"]
+        print(f"{metric}: centre {entry['centre']:.4g}, threshold {entry['threshold']:.4g}, "
+              f"basin radius {r['mean']:.3g} ± {r['ci95']:.2g} (n={r['n']})")  # fmt: skip
+    print(f"landscape: {out}/points.csv, manifest.json, " + ", ".join(p.name for p in figures))
+
+
+if __name__ == "__main__":
+    main()

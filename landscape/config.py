@@ -1,0 +1,93 @@
+"""Typed config of `python -m landscape` (registered as the schema of conf/landscape.yaml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeps.config import ConfigError, DataConfig, EvalConfig, ModelConfig
+
+
+@dataclass
+class ScopeConfig:
+    include: str | None = None  # regex on parameter names
+    exclude: str | None = "(norm|bias)"  # norms and biases stay fixed
+    embeddings: bool = True
+    lm_head: bool = True
+    lora_only: bool = False
+
+
+@dataclass
+class LandscapeSettings:
+    mode: str = "random"  # random (1 or 2 seeded Gaussian directions) | interpolate (centre → target) | plane
+    dims: int = 2  # random mode: 1 or 2
+    seed: int = 0
+    normalisation: str = "filter"  # filter | layer | none (applied to random directions)
+    scope: ScopeConfig = field(default_factory=ScopeConfig)
+    radius: float = 0.5  # random mode: each axis spans [-radius, radius]
+    span: list[float] = field(default_factory=lambda: [-0.5, 1.5])  # interpolate / plane axes
+    points: int = 11  # per axis; the origin is always a grid point
+    repeats: int = 1  # random mode: independent direction sets (CI bands and radius CI)
+    metrics: list[str] = field(default_factory=lambda: ["safety_loss", "utility_loss"])
+    asr_limit: int | None = 32  # harmful prompts generated per point when "asr" is a metric
+    # interpolate: [B]; plane: [B, C] — model dirs, .safetensors files, or toy:base / toy:aligned
+    targets: list[str] = field(default_factory=list)
+    overlay: list[str] = field(default_factory=list)  # weights to project onto the plane and mark on the figures
+    centre_weights: str | None = None  # .safetensors overlaid on the model (e.g. a trial's weights/eval.safetensors)
+    thresholds: dict[str, float] = field(default_factory=dict)  # metric -> basin threshold (absolute)
+    tolerance: float = 1.0  # default threshold: the centre's value + tolerance (losses), 0.5 for asr
+    hessian: bool = False  # top Hessian eigenvalue of the safety and utility losses at the centre
+    hessian_examples: int = 16
+    hessian_iters: int = 20
+    surface3d: bool = False
+    workers: int = 1  # split the grid over this many processes/GPUs ...
+    worker: int = 0  # ... this one computes points with index % workers == worker
+    max_points: int | None = None  # compute at most this many new points, then stop (resume later)
+
+
+@dataclass
+class LandscapeAppConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    world: dict[str, Any] = field(default_factory=dict)
+    landscape: LandscapeSettings = field(default_factory=LandscapeSettings)
+    seed: int = 0
+    cache_dir: str = ".cache"
+
+
+MODES = ("random", "interpolate", "plane")
+
+
+def validate_landscape(cfg: LandscapeAppConfig) -> None:
+    from landscape.directions import NORMALISATIONS
+    from sweeps.scoring.scorer import METRICS
+
+    s = cfg.landscape
+    errors = []
+    if s.mode not in MODES:
+        errors.append(f"landscape.mode: '{s.mode}' is not one of {list(MODES)}")
+    if s.mode == "random" and s.dims not in (1, 2):
+        errors.append(f"landscape.dims: must be 1 or 2, got {s.dims}")
+    if s.normalisation not in NORMALISATIONS:
+        errors.append(f"landscape.normalisation: '{s.normalisation}' is not one of {list(NORMALISATIONS)}")
+    if s.points < 3 or (s.points % 2 == 0 and s.mode == "random"):
+        errors.append(f"landscape.points: must be odd and >= 3 (the origin is the middle point), got {s.points}")
+    if not s.radius > 0:
+        errors.append(f"landscape.radius: must be > 0, got {s.radius}")
+    if len(s.span) != 2 or not s.span[0] < 0 < s.span[1]:
+        errors.append(f"landscape.span: must be [low < 0, high > 0], got {list(s.span)}")
+    if s.repeats < 1:
+        errors.append(f"landscape.repeats: must be >= 1, got {s.repeats}")
+    need = {"random": 0, "interpolate": 1, "plane": 2}.get(s.mode, 0)
+    if len(s.targets) != need:
+        errors.append(f"landscape.targets: mode {s.mode} needs {need} target(s), got {len(s.targets)}")
+    unknown = [m for m in s.metrics if m not in METRICS]
+    if unknown or not s.metrics:
+        errors.append(f"landscape.metrics: {unknown or 'empty'}; choose from {list(METRICS)}")
+    if not 0 <= s.worker < s.workers:
+        errors.append(f"landscape.worker: must be in [0, workers), got {s.worker} of {s.workers}")
+    if s.overlay and s.mode != "plane":
+        errors.append("landscape.overlay: only for mode=plane")
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

@@ -1,0 +1,95 @@
+"""Paper figures of a landscape (PDF + PNG, the analysis package's style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.style import PALETTE, SEQUENTIAL, figure, paper_style, save_figure
+
+LABELS = {"safety_loss": "safety loss (refusal NLL)", "utility_loss": "utility loss (task NLL)",
+          "compliance_loss": "compliance NLL", "asr": "keyword ASR", "over_refusal": "over-refusal",
+          "utility_acc": "utility accuracy"}  # fmt: skip
+
+
+def plot_1d(table: pd.DataFrame, manifest: dict[str, Any], out: Path) -> list[Path]:
+    """Every metric against α, mean over random directions with a 95 % CI band, and its basin threshold."""
+    with paper_style():
+        fig, ax = figure("one")
+        for k, metric in enumerate(manifest["metrics"]):
+            g = table.groupby("x")[metric]
+            mean, n = g.mean(), g.count()
+            half = 1.96 * g.std(ddof=1).fillna(0) / np.sqrt(n)
+            color = PALETTE[k % len(PALETTE)]
+            ax.plot(mean.index, mean.values, color=color, label=LABELS.get(metric, metric))
+            if (n > 1).any():
+                ax.fill_between(mean.index, mean - half, mean + half, color=color, alpha=0.25, linewidth=0)
+            thr = manifest.get("summaries", {}).get(metric, {}).get("threshold")
+            if thr is not None:
+                ax.axhline(thr, color=color, linestyle=":", linewidth=0.8)
+        ax.axvline(0, color="0.6", linewidth=0.6)
+        ax.set_xlabel("α (step along the direction)")
+        ax.set_ylabel("value")
+        reps = table["repeat"].nunique()
+        ax.set_title(f"{manifest['mode']} · {manifest['normalisation']} norm · {reps} direction(s)")
+        ax.legend(frameon=False)
+        return save_figure(fig, out / "landscape_1d")
+
+
+def _markers(ax, manifest: dict[str, Any]) -> None:
+    ax.plot(0, 0, marker="*", color="white", markeredgecolor="black", markersize=9, linestyle="none",
+            label="centre")  # fmt: skip
+    if manifest["mode"] == "plane":
+        ax.plot([1], [0], marker="o", color=PALETTE[1], markeredgecolor="black", linestyle="none", label="target 1")
+        ax.plot([0], [1], marker="s", color=PALETTE[2], markeredgecolor="black", linestyle="none", label="target 2")
+    for m in manifest.get("overlay", []):
+        ax.plot(m["x"], m["y"], marker="^", color=PALETTE[3], markeredgecolor="black", linestyle="none")
+        ax.annotate(m["label"], (m["x"], m["y"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+
+
+def plot_2d(table: pd.DataFrame, manifest: dict[str, Any], out: Path, surface3d: bool = False) -> list[Path]:
+    """Safety and utility side by side on the same grid, the basin boundary drawn at each metric's threshold."""
+    first = table[table["repeat"] == 0]
+    xs, ys = np.array(manifest["grid"]["x"]), np.array(manifest["grid"]["y"])
+    metrics = manifest["metrics"][:2]
+    paths = []
+    with paper_style():
+        fig, axes = figure("two", ncols=len(metrics), squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=False):
+            grid = first.pivot(index="j", columns="i", values=metric).to_numpy()
+            cs = ax.contourf(xs, ys, grid, levels=15, cmap=SEQUENTIAL)
+            fig.colorbar(cs, ax=ax, shrink=0.85)
+            thr = manifest.get("summaries", {}).get(metric, {}).get("threshold")
+            if thr is not None and np.nanmin(grid) < thr < np.nanmax(grid):
+                ax.contour(xs, ys, grid, levels=[thr], colors="white", linewidths=1.2, linestyles="--")
+            _markers(ax, manifest)
+            ax.set_title(LABELS.get(metric, metric))
+            ax.set_xlabel("α")
+            ax.set_ylabel("β")
+        axes[0][0].legend(frameon=True, fontsize=6, loc="lower left")
+        paths += save_figure(fig, out / "landscape_2d")
+        if surface3d:
+            import matplotlib.pyplot as plt
+
+            fig = plt.figure(figsize=(3.25 * len(metrics), 2.8))
+            gx, gy = np.meshgrid(xs, ys)
+            for k, metric in enumerate(metrics, 1):
+                ax = fig.add_subplot(1, len(metrics), k, projection="3d")
+                grid = first.pivot(index="j", columns="i", values=metric).to_numpy()
+                ax.plot_surface(gx, gy, grid, cmap=SEQUENTIAL, linewidth=0)
+                ax.set_title(LABELS.get(metric, metric))
+            paths += save_figure(fig, out / "landscape_3d")
+    return paths
+
+
+def make_figures(out: Path, surface3d: bool = False) -> list[Path]:
+    import json
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    table = pd.read_csv(out / "points.csv")
+    if len(manifest["grid"]["y"]) == 1:
+        return plot_1d(table, manifest, out)
+    return plot_2d(table, manifest, out, surface3d)

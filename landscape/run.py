@@ -1,0 +1,253 @@
+"""Compute a landscape: directions → grid → metrics at every point (resumable) → table, manifest, summaries."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from landscape import directions as D
+from landscape.config import LandscapeAppConfig, validate_landscape
+from landscape.perturb import Perturbation
+from landscape.store import PointStore
+from landscape.summaries import crossing, mean_ci, top_hessian_eigenvalue, visage
+from sweeps.config import ConfigError
+from sweeps.data import DataError
+from sweeps.formatting import PromptFormatter
+from sweeps.loop import collate
+from sweeps.models import load_model
+from sweeps.rundir import atomic_write_json, atomic_write_text, versions
+from sweeps.scoring.scorer import Scorer
+from sweeps.toyworld import World, WorldConfig, ensure_world
+from sweeps.trial import load_data, uses_toy
+
+log = logging.getLogger(__name__)
+
+
+def axis(lo: float, hi: float, n: int) -> np.ndarray:
+    """n points from lo to hi; 0 (and 1 when inside) are exact grid values, never 1e-17 off."""
+    values = lo + (hi - lo) * np.arange(n) / (n - 1)
+    for exact in (0.0, 1.0):
+        i = int(np.argmin(np.abs(values - exact)))
+        if abs(values[i] - exact) < 1e-9:
+            values[i] = exact
+    if 0.0 not in values:
+        raise ConfigError(f"landscape grid [{lo}, {hi}] with {n} points misses the origin; choose points so it is hit")
+    return values
+
+
+def _load_target(spec: str, names: list[str], centre: list[torch.Tensor], cfg: LandscapeAppConfig,
+                 world_root: Path | None) -> list[torch.Tensor]:  # fmt: skip
+    """The target model's tensors for `names` (missing ones in a partial .safetensors keep the centre's value)."""
+    if spec.startswith("toy:"):
+        if world_root is None:
+            raise ConfigError(f"landscape.targets: '{spec}' needs the toy world (model=toy)")
+        spec = str(world_root / spec[4:])
+    path = Path(spec)
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise ConfigError(f"landscape: weights file not found: {spec}")
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    elif path.is_dir():
+        model, _ = load_model(dataclasses.replace(cfg.model, lora=dataclasses.replace(cfg.model.lora, enabled=False),
+                                                  reuse=False), str(path))  # fmt: skip
+        state = dict(model.named_parameters())
+    else:
+        raise ConfigError(f"landscape: '{spec}' is neither a .safetensors file nor a model directory")
+    found = [n for n in names if n in state]
+    if not found:
+        raise ConfigError(f"landscape: '{spec}' holds none of the perturbed parameters")
+    return [state[n].detach().to(c) if n in state else c.clone() for n, c in zip(names, centre, strict=True)]
+
+
+def project(point: list[torch.Tensor], centre: list[torch.Tensor], d1: list[torch.Tensor], d2: list[torch.Tensor]):
+    """Least-squares coordinates (α, β) of point − centre in span{d1, d2}, and the relative residual."""
+    diff = D.difference(centre, point)
+    gram = np.array([[D.dot(d1, d1), D.dot(d1, d2)], [D.dot(d2, d1), D.dot(d2, d2)]])
+    rhs = np.array([D.dot(d1, diff), D.dot(d2, diff)])
+    a, b = np.linalg.solve(gram, rhs)
+    resid = [x - a * u - b * v for x, u, v in zip(diff, d1, d2, strict=True)]
+    return float(a), float(b), D.norm(resid) / max(D.norm(diff), 1e-30)
+
+
+def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    out_dir = Path(out_dir)
+    validate_landscape(cfg)
+    s = cfg.landscape
+    torch.manual_seed(cfg.seed)
+    world, world_root, model_path = None, None, cfg.model.name_or_path
+    if uses_toy(cfg.model.name_or_path, cfg.data):
+        world = World(WorldConfig(**cfg.world))
+        world_root = ensure_world(world.cfg, cfg.cache_dir)
+        if model_path == "toy":
+            model_path = str(world_root / "aligned")
+    try:
+        _, sets = load_data(cfg.data, world)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    model, tok = load_model(dataclasses.replace(cfg.model, reuse=False), model_path)
+    model.eval()
+    if s.centre_weights:
+        params_now = dict(model.named_parameters())
+        overlay = _load_target(s.centre_weights, list(params_now), [p.detach() for p in params_now.values()], cfg,
+                               world_root)  # fmt: skip
+        with torch.no_grad():
+            for p, w in zip(params_now.values(), overlay, strict=True):
+                p.copy_(w)
+    fmt = PromptFormatter(tok, cfg.data.template, cfg.data.system_prompt)
+    eval_cfg = dataclasses.replace(cfg.eval, asr=dataclasses.replace(cfg.eval.asr, limit=s.asr_limit))
+    scorer = Scorer(tok, fmt, sets, eval_cfg, max_length=cfg.data.max_length)
+    missing = [m for m in s.metrics if m not in scorer.available()]
+    if missing:
+        raise ConfigError(f"landscape.metrics: no eval data for {missing} (configure the matching data.* set)")
+
+    params = D.select_parameters(model, D.Scope(**dataclasses.asdict(s.scope)))
+    names = [n for n, _ in params]
+    centre = [p.detach().clone() for _, p in params]
+    manifest: dict[str, Any] = {
+        "mode": s.mode, "seed": s.seed, "normalisation": s.normalisation, "scope": dataclasses.asdict(s.scope),
+        "perturbed": names, "excluded": [n for n, _ in model.named_parameters() if n not in set(names)],
+        "n_perturbed_values": int(sum(p.numel() for _, p in params)), "metrics": list(s.metrics),
+        "model": model_path, "centre_weights": s.centre_weights, "targets": list(s.targets), "versions": versions(),
+    }  # fmt: skip
+
+    # direction sets: one per repeat (random) or the one spanned by the target(s)
+    sets_of_dirs: list[list[list[torch.Tensor]]] = []
+    cosines = []
+    if s.mode == "random":
+        for r in range(s.repeats):
+            d1 = D.random_direction(params, s.seed + 1000 * r, s.normalisation)
+            if s.dims == 2:
+                d2 = D.random_direction(params, s.seed + 1000 * r + 1, s.normalisation)
+                before = D.cosine(d1, d2)
+                d2 = D.orthogonalise(d1, d2)
+                cosines.append({"repeat": r, "before": before, "after": D.cosine(d1, d2)})
+                sets_of_dirs.append([d1, d2])
+            else:
+                sets_of_dirs.append([d1])
+        xs = axis(-s.radius, s.radius, s.points)
+    else:
+        targets = [_load_target(t, names, centre, cfg, world_root) for t in s.targets]
+        dirs = [D.difference(centre, t) for t in targets]
+        if s.mode == "plane":
+            cosines.append({"repeat": 0, "before": D.cosine(dirs[0], dirs[1]), "after": D.cosine(dirs[0], dirs[1])})
+        sets_of_dirs.append(dirs)
+        xs = axis(s.span[0], s.span[1], s.points)
+    for c in cosines:
+        log.info("direction cosine (repeat %d): %.2e before, %.2e after orthogonalisation", c["repeat"], c["before"],
+                 c["after"])  # fmt: skip
+    manifest["cosines"] = cosines
+    ys = xs if len(sets_of_dirs[0]) == 2 else np.array([0.0])
+    manifest["grid"] = {"x": xs.tolist(), "y": ys.tolist()}
+
+    if s.mode == "plane" and s.overlay:
+        d1, d2 = sets_of_dirs[0]
+        marks = []
+        for spec in s.overlay:
+            a, b, resid = project(_load_target(spec, names, centre, cfg, world_root), centre, d1, d2)
+            marks.append({"label": Path(spec).parent.parent.name or spec, "path": spec, "x": a, "y": b,
+                          "residual": resid})  # fmt: skip
+        manifest["overlay"] = marks
+
+    store = PointStore(out_dir, s.worker)
+    done = store.done()
+    todo = []
+    for r, _ in enumerate(sets_of_dirs):
+        for i, a in enumerate(xs):
+            for j, b in enumerate(ys):
+                key = f"{r}:{i}:{j}"
+                index = (r * len(xs) + i) * len(ys) + j
+                if key not in done and index % s.workers == s.worker:
+                    todo.append((key, r, i, j, float(a), float(b)))
+    if s.max_points is not None:
+        todo = todo[: s.max_points]
+    log.info("%d point(s) to compute, %d already done", len(todo), len(done))
+    start = time.perf_counter()
+    with Perturbation(params, sets_of_dirs[0]) as pert:
+        for key, r, i, j, a, b in tqdm(todo, desc="landscape", disable=not progress):
+            pert.directions = sets_of_dirs[r]
+            pert.set(*([a, b] if len(sets_of_dirs[r]) == 2 else [a]))
+            metrics = scorer.score(model, s.metrics).metrics
+            store.append({"key": key, "repeat": r, "i": i, "j": j, "x": a, "y": b,
+                          **{m: metrics[m] for m in s.metrics}})  # fmt: skip
+    manifest["seconds"] = time.perf_counter() - start
+    manifest["points_computed_now"] = len(todo)
+
+    done = store.done()
+    total = len(sets_of_dirs) * len(xs) * len(ys)
+    result: dict[str, Any] = {"out_dir": str(out_dir), "complete": len(done) == total, "points": len(done)}
+    if len(done) == total:
+        import pandas as pd
+
+        table = pd.DataFrame(sorted(done.values(), key=lambda row: (row["repeat"], row["i"], row["j"])))
+        table = table.drop(columns=["key"])
+        atomic_write_text(out_dir / "points.csv", table.to_csv(index=False))
+        manifest["summaries"] = summarise(table, s, len(sets_of_dirs[0]))
+        if s.hessian:
+            manifest["hessian"] = hessian_summary(model, params, scorer, s)
+        result["summaries"] = manifest["summaries"]
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    return result
+
+
+def _threshold(metric: str, centre_value: float, s) -> float:
+    if metric in s.thresholds:
+        return float(s.thresholds[metric])
+    return 0.5 if metric in ("asr", "over_refusal") else centre_value + s.tolerance
+
+
+def summarise(table, s, dims: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for metric in s.metrics:
+        origin = table[(table.x == 0) & (table.y == 0)][metric]
+        centre_value = float(origin.iloc[0])
+        thr = _threshold(metric, centre_value, s)
+        if metric == "utility_acc":  # higher is better: flip so that "below the threshold" means inside the basin
+            values, thr_flipped = -table[metric], -(centre_value - s.tolerance if metric not in s.thresholds else thr)
+        else:
+            values, thr_flipped = table[metric], thr
+        entry: dict[str, Any] = {"centre": centre_value, "threshold": thr, "visage": {}}
+        radii = []
+        for r, group in table.assign(_v=values).groupby("repeat"):
+            entry["visage"][int(r)] = visage(group["_v"].to_numpy(), thr_flipped)
+            line = group[group.y == 0].sort_values("x")
+            lo, hi = crossing(line.x.to_numpy(), line["_v"].to_numpy(), thr_flipped)
+            radii.append(min(lo, hi))
+            if dims == 2:
+                col = group[group.x == 0].sort_values("y")
+                radii.append(min(crossing(col.y.to_numpy(), col["_v"].to_numpy(), thr_flipped)))
+        mean, half = mean_ci(radii)
+        entry["radius"] = {"mean": mean, "ci95": half, "n": len(radii), "values": radii}
+        out[metric] = entry
+    return out
+
+
+def hessian_summary(model, params, scorer: Scorer, s) -> dict[str, float]:
+    """Top Hessian eigenvalue of the safety and utility losses at the centre (eager attention needed on CPU)."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    out = {}
+    tensors = [p for _, p in params]
+    for p in tensors:
+        p.requires_grad_(True)
+    for metric, data in (("safety_loss", scorer._refusal), ("utility_loss", scorer._utility)):
+        if not data:
+            continue
+        batch = collate(data[: s.hessian_examples], scorer.pad_id, tensors[0].device)
+
+        def loss_fn(batch=batch):
+            return model(**batch).loss
+
+        out[metric] = top_hessian_eigenvalue(loss_fn, tensors, iters=s.hessian_iters, seed=s.seed)
+    if not math.isfinite(sum(out.values())):
+        log.warning("Hessian eigenvalue not finite: %s", out)
+    return out

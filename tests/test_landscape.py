@@ -1,0 +1,193 @@
+"""Landscapes: direction definitions, exact points, restore guarantees, resume identity, a small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from landscape import directions as D
+from landscape.config import LandscapeAppConfig
+from landscape.perturb import Perturbation, checksum
+from landscape.run import axis, project, run_landscape
+from landscape.summaries import crossing, mean_ci, top_hessian_eigenvalue, visage
+from tests.conftest import CACHE_DIR, PYTHON, ROOT
+
+CONF = ROOT / "conf"
+
+
+def _cfg(*overrides: str) -> LandscapeAppConfig:
+    import landscape.__main__  # noqa: F401  (registers the schema)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        dcfg = compose(config_name="landscape", overrides=[f"cache_dir={CACHE_DIR}", *overrides])
+    return OmegaConf.to_object(dcfg)
+
+
+def test_normalisations_on_small_tensors() -> None:
+    w = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    d = torch.tensor([[1.0, 0.0], [2.0, 2.0]])
+    f = D.normalise(d, w, "filter")
+    torch.testing.assert_close(f.norm(dim=1), w.norm(dim=1))  # each row scaled to its filter's norm
+    torch.testing.assert_close(f[0] / f[0].norm(), d[0] / d[0].norm())  # direction kept
+    lay = D.normalise(d, w, "layer")
+    torch.testing.assert_close(lay.norm(), w.norm())
+    torch.testing.assert_close(lay / lay.norm(), d / d.norm())
+    assert torch.equal(D.normalise(d, w, "none"), d)
+    b = torch.tensor([1.0, 2.0, 2.0])
+    torch.testing.assert_close(D.normalise(torch.ones(3), b, "filter").norm(), b.norm())  # 1-D: one filter
+
+
+def test_directions_are_seeded_by_name_and_orthogonalised(aligned) -> None:
+    model, _ = aligned
+    params = D.select_parameters(model, D.Scope())
+    assert not any("norm" in n or "bias" in n for n, _ in params)
+    assert any("embed" in n for n, _ in params)
+    d1 = D.random_direction(params, 0, "filter")
+    again = D.random_direction(params[1:], 0, "filter")  # dropping a tensor does not change the others
+    for x, y in zip(d1[1:], again, strict=True):
+        assert torch.equal(x, y)
+    d2 = D.orthogonalise(d1, D.random_direction(params, 1, "filter"))
+    assert abs(D.cosine(d1, d2)) < 1e-6
+    no_embed = D.select_parameters(model, D.Scope(embeddings=False))
+    assert not any("embed" in n for n, _ in no_embed)
+    with pytest.raises(ValueError, match="no parameters"):
+        D.select_parameters(model, D.Scope(lora_only=True))
+
+
+def test_point_is_exact_and_weights_restore_on_exit_and_error(aligned) -> None:
+    model, _ = aligned
+    params = D.select_parameters(model, D.Scope())
+    d1 = D.random_direction(params, 0, "layer")
+    d2 = D.random_direction(params, 1, "layer")
+    centre = [p.detach().clone() for _, p in params]
+    before = checksum(model)
+    with Perturbation(params, [d1, d2]) as pert:
+        pert.set(0.3, -0.2)
+        pert.set(-0.1, 0.4)  # from scratch: no drift from the previous point
+        for (_, p), c, a, b in zip(params, centre, d1, d2, strict=True):
+            torch.testing.assert_close(p.detach(), c + -0.1 * a + 0.4 * b)
+    assert checksum(model) == before
+    flags = [p.requires_grad for _, p in params]
+    with pytest.raises(RuntimeError, match="boom"), Perturbation(params, [d1, d2]) as pert:
+        pert.set(1.0, 1.0)
+        for _, p in params:
+            p.requires_grad_(False)
+        raise RuntimeError("boom")
+    assert checksum(model) == before
+    assert [p.requires_grad for _, p in params] == flags
+
+
+def test_axis_contains_origin_exactly() -> None:
+    xs = axis(-0.5, 0.5, 21)
+    assert xs[10] == 0.0 and xs[0] == -0.5 and xs[-1] == 0.5
+    ys = axis(-0.5, 1.5, 9)
+    assert 0.0 in ys and 1.0 in ys
+
+
+def test_summaries_on_known_curves() -> None:
+    alphas = np.linspace(-1, 1, 21)
+    values = alphas**2  # crosses 0.25 at |α| = 0.5
+    lo, hi = crossing(alphas, values, 0.25)
+    assert lo == pytest.approx(0.5, abs=0.02) and hi == pytest.approx(0.5, abs=0.02)
+    assert crossing(alphas, values, 10.0) == (float("inf"), float("inf"))
+    assert visage(np.array([100.0, 40.0, 0.0, 60.0, 100.0]), 100.0) == pytest.approx((60 + 100 + 40) / 3)
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(1.96 * 1.0 / np.sqrt(3))
+    # power iteration on a quadratic with a known Hessian diag(3, 1)
+    x = torch.tensor([0.5, -0.2], requires_grad=True)
+    eig = top_hessian_eigenvalue(lambda: 1.5 * x[0] ** 2 + 0.5 * x[1] ** 2, [x], iters=50)
+    assert eig == pytest.approx(3.0, rel=1e-3)
+
+
+def test_projection_recovers_plane_coordinates() -> None:
+    c = [torch.zeros(3)]
+    d1, d2 = [torch.tensor([1.0, 0.0, 0.0])], [torch.tensor([1.0, 1.0, 0.0])]
+    a, b, resid = project([torch.tensor([2.5, 1.0, 0.0])], c, d1, d2)
+    assert (a, b) == pytest.approx((1.5, 1.0)) and resid == pytest.approx(0.0, abs=1e-9)
+
+
+def test_origin_reproduces_centre_metrics_and_resume_is_identical(tmp_path, toy_root, aligned) -> None:
+    from sweeps.config import EvalConfig
+    from sweeps.formatting import PromptFormatter
+    from sweeps.scoring.scorer import EvalSets, Scorer
+    from sweeps.toyworld import World, WorldConfig, toy_examples
+
+    args = ["landscape.points=5", "landscape.radius=0.3", "landscape.metrics=[safety_loss,utility_loss,asr]",
+            "landscape.asr_limit=12"]  # fmt: skip
+    full = run_landscape(_cfg(*args), tmp_path / "full", progress=False)
+    assert full["complete"]
+    part = run_landscape(_cfg(*args, "landscape.max_points=7"), tmp_path / "resumed", progress=False)
+    assert not part["complete"] and part["points"] == 7
+    again = run_landscape(_cfg(*args), tmp_path / "resumed", progress=False)
+    assert again["complete"]
+    a, b = pd.read_csv(tmp_path / "full" / "points.csv"), pd.read_csv(tmp_path / "resumed" / "points.csv")
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 25 and set(a.columns) >= {"x", "y", "safety_loss", "utility_loss", "asr"}
+
+    model, tok = aligned
+    world = World(WorldConfig())
+    sets = EvalSets(refusal=toy_examples("refusal", world), utility=toy_examples("user_eval", world),
+                    harmful=toy_examples("harmful", world))  # fmt: skip
+    eval_cfg = EvalConfig()
+    eval_cfg.asr.limit = 12
+    direct = Scorer(tok, PromptFormatter(tok), sets, eval_cfg, max_length=64).score(
+        model, ["safety_loss", "utility_loss", "asr"]).metrics  # fmt: skip
+    origin = a[(a.x == 0) & (a.y == 0)].iloc[0]
+    for m in ("safety_loss", "utility_loss", "asr"):
+        assert origin[m] == pytest.approx(direct[m], rel=1e-6)
+    manifest = json.loads((tmp_path / "full" / "manifest.json").read_text())
+    assert abs(manifest["cosines"][0]["after"]) < 1e-6
+    assert manifest["excluded"] and all("norm" in n or "bias" in n for n in manifest["excluded"])
+
+
+@pytest.mark.slow
+def test_cli_2d_run_writes_table_manifest_and_figures(tmp_path, toy_root) -> None:
+    out = tmp_path / "ls"
+    env = {**os.environ, "SWEEPS_CACHE_DIR": str(CACHE_DIR)}
+    proc = subprocess.run(
+        [PYTHON, "-m", "landscape", f"hydra.run.dir={out}", "landscape.points=5", "landscape.surface3d=true",
+         "landscape.hessian=true", "landscape.hessian_iters=5"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "basin radius" in proc.stdout
+    for name in ("points.csv", "manifest.json", "config.yaml", "landscape_2d.pdf", "landscape_2d.png",
+                 "landscape_3d.png"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["summaries"]) == {"safety_loss", "utility_loss"}
+    assert all(np.isfinite(v) for v in manifest["hessian"].values())
+
+    one_d = tmp_path / "ls1"
+    proc = subprocess.run(
+        [PYTHON, "-m", "landscape", f"hydra.run.dir={one_d}", "landscape.dims=1", "landscape.points=7",
+         "landscape.repeats=3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (one_d / "landscape_1d.png").stat().st_size > 0
+    assert json.loads((one_d / "manifest.json").read_text())["summaries"]["safety_loss"]["radius"]["n"] == 3
+
+    bad = subprocess.run([PYTHON, "-m", "landscape", f"hydra.run.dir={tmp_path / 'bad'}", "landscape.mode=plane"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert bad.returncode == 2 and "landscape.targets" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_interpolation_between_aligned_and_base(tmp_path, toy_root) -> None:
+    cfg = _cfg("landscape.mode=interpolate", "landscape.targets=[toy:base]", "landscape.points=5",
+               "landscape.span=[-0.5,1.5]", "landscape.metrics=[safety_loss]")  # fmt: skip
+    result = run_landscape(cfg, tmp_path, progress=False)
+    table = pd.read_csv(tmp_path / "points.csv")
+    assert set(table.x) == {-0.5, 0.0, 0.5, 1.0, 1.5}
+    at = dict(zip(table.x, table.safety_loss, strict=True))
+    assert at[1.0] > at[0.0]  # θ_base refuses less than θ_aligned
+    assert result["complete"]
+    assert Path(tmp_path / "manifest.json").exists()
