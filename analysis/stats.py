@@ -1,0 +1,146 @@
+"""Seeds → recipes (mean, std, t-interval) and bootstrap intervals for ASR from per-prompt verdicts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from tqdm.auto import tqdm
+
+from analysis.load import RECIPE, param_columns
+from analysis.pareto import Objective, eligible
+
+# Columns that vary between repeats of one recipe, never part of its identity.
+NOT_RECIPE = {"seed", "trial", "run_dir", "state", "source"}
+
+
+def recipe_columns(df: pd.DataFrame) -> list[str]:
+    """What identifies a recipe: study, method, the recipe columns and every swept parameter except the seed."""
+    keys = ["study", "method", *RECIPE, *param_columns(df)]
+    return [c for c in dict.fromkeys(keys) if c in df.columns and c not in NOT_RECIPE]
+
+
+def mean_ci(x: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float, float, int]:
+    """(mean, std, lo, hi, n) of the finite values; a Student-t interval, NaN below two values."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return np.nan, np.nan, np.nan, np.nan, 0
+    mean = float(x.mean())
+    if n < 2:
+        return mean, np.nan, np.nan, np.nan, 1
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / np.sqrt(n)
+    return mean, std, mean - half, mean + half, n
+
+
+def aggregate_seeds(df: pd.DataFrame, objectives: Sequence[Objective], metrics: Sequence[str] = (),
+                    level: float = 0.95) -> pd.DataFrame:  # fmt: skip
+    """One row per recipe over its eligible trials (seeds): each metric's mean under its own name, plus
+    `<metric>_std`, `<metric>_ci_lo`, `<metric>_ci_hi`, `n_seeds`, `trials` ("0,4,9") and `run_dirs` (list).
+
+    The result keeps `state` = COMPLETE and a recomputed `feasible` (every constraint's mean ≤ 0), so the Pareto
+    functions apply to it unchanged: a front over recipe means.
+    """
+    keys = recipe_columns(df)
+    ok = df[eligible(df, objectives)]
+    cols = list(dict.fromkeys([o.column for o in objectives] + [m for m in metrics if m in df.columns]))
+    constraints = [c for c in df.columns if c.startswith("constraint/")]
+    rows = []
+    for key, g in ok.groupby(keys, dropna=False, sort=True):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
+        for c in cols:
+            mean, std, lo, hi, _ = mean_ci(pd.to_numeric(g[c], errors="coerce"), level)
+            row.update({c: mean, f"{c}_std": std, f"{c}_ci_lo": lo, f"{c}_ci_hi": hi})
+        for c in constraints:
+            row[c] = pd.to_numeric(g[c], errors="coerce").mean()
+        row.update(n_seeds=len(g), trials=",".join(str(t) for t in g["trial"]), state="COMPLETE",
+                   run_dirs=[d for d in g["run_dir"] if isinstance(d, str)])  # fmt: skip
+        if "seed" in g:
+            row["seeds"] = ",".join(str(s) for s in g["seed"].dropna().tolist())
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if len(out) == 0:
+        return pd.DataFrame(columns=[*keys, *cols, "n_seeds", "trials", "state", "run_dirs", "feasible"])
+    if constraints:
+        has = out[constraints].notna()
+        out["feasible"] = ((out[constraints] <= 0) | ~has).all(axis=1) & (has.any(axis=1) | ~has.any().any())
+    else:
+        out["feasible"] = True
+    out.attrs = {**df.attrs}
+    return out
+
+
+def harmful_verdicts(run_dir: str | Path) -> np.ndarray | None:
+    """The attack_success verdicts (0/1) of the evaluated weights in a run dir's generations.jsonl, or None.
+
+    A run may hold rows for several weights ("start" with eval.baseline, "live" with eval.also_live); the ones
+    behind the run's ASR are metrics.json's `eval_weights`, else the first weights that are not "start".
+    """
+    path = Path(run_dir) / "generations.jsonl"
+    if not path.is_file():
+        return None
+    wanted = None
+    metrics = Path(run_dir) / "metrics.json"
+    if metrics.is_file():
+        try:
+            wanted = json.loads(metrics.read_text()).get("eval_weights")
+        except json.JSONDecodeError:
+            wanted = None
+    verdicts, first = {}, None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("set") != "harmful" or "attack_success" not in row:
+                continue
+            w = row.get("weights", "live")
+            if first is None and w != "start":
+                first = w
+            verdicts.setdefault(w, []).append(bool(row["attack_success"]))
+    chosen = wanted if wanted in verdicts else first
+    return np.asarray(verdicts[chosen], dtype=float) if chosen in verdicts else None
+
+
+def bootstrap_mean(samples: Sequence[np.ndarray], n_boot: int = 2000, level: float = 0.95,
+                   seed: int = 0) -> tuple[float, float, float]:  # fmt: skip
+    """(mean, lo, hi): percentile bootstrap of the mean over runs of each run's mean; prompts are resampled within
+    each run (stratified), so the interval is the prompt-sampling uncertainty of a recipe's (seed-averaged) ASR."""
+    rng = np.random.default_rng(seed)
+    samples = [np.asarray(s, float) for s in samples if len(s)]
+    if not samples:
+        return np.nan, np.nan, np.nan
+    boot = np.zeros(n_boot)
+    for s in samples:
+        boot += s[rng.integers(0, len(s), size=(n_boot, len(s)))].mean(axis=1)
+    boot /= len(samples)
+    mean = float(np.mean([s.mean() for s in samples]))
+    lo, hi = np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2])
+    return mean, float(lo), float(hi)
+
+
+def asr_bootstrap(rows: pd.DataFrame, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                  progress: bool = False) -> pd.DataFrame:  # fmt: skip
+    """`asr_boot`, `asr_boot_lo`, `asr_boot_hi` and `asr_prompts` for each row, from its run dir(s)' verdicts.
+
+    rows: trials (column run_dir) or recipes (column run_dirs). NaN where no generations.jsonl is found.
+    """
+    out = rows.copy()
+    cols = {"asr_boot": [], "asr_boot_lo": [], "asr_boot_hi": [], "asr_prompts": []}
+    dirs = out["run_dirs"] if "run_dirs" in out else out.get("run_dir", pd.Series([None] * len(out)))
+    for d in tqdm(list(dirs), desc="bootstrap ASR", disable=not progress or len(out) < 20, leave=False):
+        runs = [x for x in (d if isinstance(d, list) else [d]) if isinstance(x, str)]
+        verdicts = [v for v in (harmful_verdicts(r) for r in runs) if v is not None]
+        mean, lo, hi = bootstrap_mean(verdicts, n_boot, level, seed)
+        for k, v in zip(cols, (mean, lo, hi, sum(len(v) for v in verdicts)), strict=True):
+            cols[k].append(v)
+    for k, v in cols.items():
+        out[k] = v
+    return out
