@@ -191,3 +191,37 @@ def test_interpolation_between_aligned_and_base(tmp_path, toy_root) -> None:
     assert at[1.0] > at[0.0]  # θ_base refuses less than θ_aligned
     assert result["complete"]
     assert Path(tmp_path / "manifest.json").exists()
+
+
+def test_plane_projection_overlay_and_split_workers(tmp_path, toy_root) -> None:
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    aligned = dict(AutoModelForCausalLM.from_pretrained(toy_root / "aligned").named_parameters())
+    base = dict(AutoModelForCausalLM.from_pretrained(toy_root / "base").named_parameters())
+    torch.manual_seed(0)
+    third = {n: (p + 0.01 * torch.randn_like(p)).detach().contiguous() for n, p in aligned.items()}
+    save_file(third, str(tmp_path / "c.safetensors"))
+    # a point at aligned + 0.3·(base − aligned) + 0.6·(third − aligned)
+    mix = {n: (aligned[n] + 0.3 * (base[n] - aligned[n]) + 0.6 * (third[n] - aligned[n])).detach().contiguous()
+           for n in aligned}  # fmt: skip
+    (tmp_path / "t" / "weights").mkdir(parents=True)
+    save_file(mix, str(tmp_path / "t" / "weights" / "eval.safetensors"))
+    args = ["landscape.mode=plane", f"landscape.targets=[toy:base,{tmp_path / 'c.safetensors'}]",
+            f"landscape.overlay=[{tmp_path / 't' / 'weights' / 'eval.safetensors'}]", "landscape.points=4",
+            "landscape.span=[-0.5,1.0]", "landscape.metrics=[safety_loss]"]  # fmt: skip
+    whole = run_landscape(_cfg(*args), tmp_path / "whole", progress=False)
+    manifest = json.loads((tmp_path / "whole" / "manifest.json").read_text())
+    (mark,) = manifest["overlay"]
+    assert mark["label"] == "t"
+    assert (mark["x"], mark["y"]) == pytest.approx((0.3, 0.6), abs=1e-4)
+    assert mark["residual"] < 1e-3
+    assert whole["complete"]
+    # the same grid split over two workers writing into one folder gives the same table
+    first = run_landscape(_cfg(*args, "landscape.workers=2", "landscape.worker=0"), tmp_path / "split", progress=False)
+    assert not first["complete"]
+    second = run_landscape(_cfg(*args, "landscape.workers=2", "landscape.worker=1"), tmp_path / "split",
+                           progress=False)  # fmt: skip
+    assert second["complete"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "whole" / "points.csv"),
+                                  pd.read_csv(tmp_path / "split" / "points.csv"))  # fmt: skip

@@ -61,3 +61,13 @@ def test_world_cache_is_reused_and_keyed_by_config(toy_root) -> None:
     assert world_key(WorldConfig()) != world_key(WorldConfig(seed=1))
     assert world_key(WorldConfig()) == toy_root.name.split("-")[-1]
     assert not list(toy_root.glob("**/*.bin")) and not list(toy_root.glob("**/*.pt"))  # safetensors only
+
+
+def test_bfloat16_trial_steps_run(toy_root, toy_world) -> None:
+    model, tok = load_model(ModelConfig(device="cpu", dtype="bfloat16"), str(toy_root / "aligned"))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    fmt = PromptFormatter(tok)
+    data = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("user_train", toy_world)[:16]]
+    result = train(model, data, OptimConfig(lr=1e-3, batch_size=4, max_steps=2), MethodStack([EMA(eta=0.5)]),
+                   pad_id=tok.pad_token_id, progress=False)  # fmt: skip
+    assert result.status == "completed" and all(torch.isfinite(torch.tensor(result.losses)))
