@@ -28,6 +28,6 @@ def save_figure_atomic(fig, path_without_suffix: str | Path) -> list[Path]:
 
 
 def slug(text: str) -> str:
-    """A file-name-safe form of a label: "EMA η=0.25" → "ema_eta0p25"."""
+    """A file-name-safe form of a label: "EMA η=0.25" → "ema_eta_0p25"."""
     text = str(text).replace("η", "eta").replace(".", "p").lower()
     return re.sub(r"[^a-z0-9]+", "_", text).strip("_") or "x"

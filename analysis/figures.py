@@ -14,6 +14,8 @@ from pathlib import Path
 import matplotlib.colors as mcolors
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from analysis._io import save_figure_atomic
 from analysis.pareto import Objective, eligible, frame_hypervolume, on_front, values
@@ -28,6 +30,9 @@ LABELS = {
 }  # fmt: skip
 MAX_CATEGORIES = 6  # a colour column with at most this many values gets a legend, else a colour bar
 FRONT_COLOR = "#000000"
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+DASHES = ["-", "--", ":", "-."]
+BOUNDED = {"asr", "utility_acc", "over_refusal"}  # rates: colour scales and intervals stay within [0, 1]
 
 
 def label(column: str, objective: Objective | None = None) -> str:
@@ -53,7 +58,7 @@ def fmt_value(v: float) -> str:
 def pareto_scatter(df: pd.DataFrame, objectives: Sequence[Objective], path: str | Path, color_by: str = "lr",
                    feasible_only: bool = False, title: str | None = None) -> list[Path]:  # fmt: skip
     """Every eligible row, coloured by `color_by`; the front ringed in black and, for two objectives, joined by its
-    attainment staircase. Infeasible rows are hollow grey; error bars where `<objective>_std` exists (recipes).
+    attainment staircase. Infeasible rows are hollow; error bars (±1 std) where `<objective>_std` exists (recipes).
     Three objectives: the three pairwise projections, front membership from all three."""
     ok = eligible(df, objectives).to_numpy()
     front = on_front(df, objectives, feasible_only).to_numpy()
@@ -61,24 +66,30 @@ def pareto_scatter(df: pd.DataFrame, objectives: Sequence[Objective], path: str 
     pairs = [(0, 1)] if len(objectives) == 2 else list(combinations(range(len(objectives)), 2))
     with paper_style():
         fig, axes = figure("one" if len(pairs) == 1 else "two", ncols=len(pairs), squeeze=False)
-        colour = _Colours(df.loc[ok & feas, color_by] if color_by in df else pd.Series(dtype=float), color_by)
+        colour = _Colours(df.loc[ok, color_by] if color_by in df else pd.Series(dtype=float), color_by)
         for ax, (i, j) in zip(axes[0], pairs, strict=True):
             ox, oy = objectives[i], objectives[j]
-            _errorbars(ax, df[ok & feas], ox.column, oy.column)
-            shown = ok & feas
-            ax.scatter(df.loc[shown, ox.column], df.loc[shown, oy.column], c=colour.of(df.loc[shown, color_by])
-                       if color_by in df else PALETTE[0], s=14, linewidths=0, zorder=2)  # fmt: skip
-            if (ok & ~feas).any():
-                ax.scatter(df.loc[ok & ~feas, ox.column], df.loc[ok & ~feas, oy.column], s=14, facecolors="none",
-                           edgecolors="0.6", linewidths=0.6, zorder=2, label="infeasible")  # fmt: skip
+            _errorbars(ax, df[ok], ox.column, oy.column)
+            for rows, hollow in ((ok & feas, False), (ok & ~feas, True)):
+                if not rows.any():
+                    continue
+                c = colour.of(df.loc[rows, color_by]) if color_by in df else [PALETTE[0]] * int(rows.sum())
+                ax.scatter(df.loc[rows, ox.column], df.loc[rows, oy.column], s=14, zorder=2,
+                           facecolors="none" if hollow else c, edgecolors=c if hollow else "none",
+                           linewidths=0.7 if hollow else 0)  # fmt: skip
             ax.scatter(df.loc[front, ox.column], df.loc[front, oy.column], s=34, facecolors="none",
-                       edgecolors=FRONT_COLOR, linewidths=0.8, zorder=3, label="Pareto front")  # fmt: skip
+                       edgecolors=FRONT_COLOR, linewidths=0.8, zorder=3)  # fmt: skip
             if len(pairs) == 1:
                 _staircase(ax, values(df[front], [ox, oy]), ox, FRONT_COLOR)
             ax.set_xlabel(label(ox.column, ox))
             ax.set_ylabel(label(oy.column, oy))
-        colour.annotate(fig, axes[0][-1])
-        axes[0][0].legend(loc="best", frameon=False)
+        colour.annotate(fig, axes[0][-1], keep=len(pairs) == 1)
+        handles = [Line2D([], [], marker="o", linestyle="none", markersize=6, markerfacecolor="none",
+                          markeredgecolor=FRONT_COLOR, label="Pareto front")]  # fmt: skip
+        if (ok & ~feas).any():
+            handles.append(Line2D([], [], marker="o", linestyle="none", markersize=4, markerfacecolor="none",
+                                  markeredgecolor="0.4", label="infeasible"))  # fmt: skip
+        axes[0][0].legend(handles=handles, loc="best", frameon=False)
         if title:
             fig.suptitle(title)
         return save_figure_atomic(fig, path)
@@ -95,15 +106,17 @@ def fronts_figure(df: pd.DataFrame, objectives: Sequence[Objective], path: str |
         fig, ax = figure("one")
         for k, g in enumerate(groups):
             sub = df[df[by] == g]
-            c = PALETTE[k % len(PALETTE)]
+            c, marker, dash = PALETTE[k % len(PALETTE)], MARKERS[k % len(MARKERS)], DASHES[k % len(DASHES)]
             s_ok = eligible(sub, objectives, feasible_only)
-            ax.scatter(sub.loc[s_ok, ox.column], sub.loc[s_ok, oy.column], s=8, color=c, alpha=0.3, linewidths=0)
+            ax.scatter(sub.loc[s_ok, ox.column], sub.loc[s_ok, oy.column], s=8, color=c, marker=marker, alpha=0.3,
+                       linewidths=0)  # fmt: skip
             f = on_front(sub, objectives, feasible_only)
             name = str(g) if ref is None else f"{g} (HV {frame_hypervolume(sub, objectives, ref, feasible_only):.3f})"
-            ax.scatter(sub.loc[f, ox.column], sub.loc[f, oy.column], s=20, color=c, edgecolors="black",
-                       linewidths=0.4, zorder=3, label=name)  # fmt: skip
+            # shrinking hollow markers and distinct dashes keep coinciding fronts visible
+            ax.scatter(sub.loc[f, ox.column], sub.loc[f, oy.column], s=max(36 - 8 * k, 10), marker=marker,
+                       facecolors="none", edgecolors=c, linewidths=1.0, zorder=3 + k, label=name)  # fmt: skip
             if len(objectives) == 2:
-                _staircase(ax, values(sub[f], [ox, oy]), ox, c)
+                _staircase(ax, values(sub[f], [ox, oy]), ox, c, dash)
         ax.set_xlabel(label(ox.column, ox))
         ax.set_ylabel(label(oy.column, oy))
         ax.legend(loc="best", frameon=False)
@@ -123,13 +136,13 @@ def hypervolume_figure(history: pd.DataFrame, path: str | Path, by: str = "study
         return save_figure_atomic(fig, path)
 
 
-def _staircase(ax, pts: np.ndarray, ox: Objective, color: str) -> None:
+def _staircase(ax, pts: np.ndarray, ox: Objective, color: str, dash: str = "-") -> None:
     """The front's attainment boundary: for each x, the best y reached by a point at least as good in x."""
     if len(pts) < 1:
         return
     order = np.lexsort((pts[:, 1], pts[:, 0]))
     x, y = pts[order, 0], pts[order, 1]
-    ax.step(x, y, where="pre" if ox.maximize else "post", color=color, linewidth=0.9, zorder=2)
+    ax.step(x, y, where="pre" if ox.maximize else "post", color=color, linestyle=dash, linewidth=0.9, zorder=2)
 
 
 def _errorbars(ax, df: pd.DataFrame, x: str, y: str) -> None:
@@ -143,8 +156,8 @@ def _errorbars(ax, df: pd.DataFrame, x: str, y: str) -> None:
 
 
 class _Colours:
-    """Categorical (≤ MAX_CATEGORIES values: a legend) or continuous (a colour bar, log-scaled when the values
-    span more than a factor of ten, as learning rates do) colouring of one column."""
+    """Categorical (≤ MAX_CATEGORIES values: a legend) or continuous (a colour bar, log-scaled for learning rates and
+    whatever spans more than a factor of ten) colouring of one column."""
 
     def __init__(self, col: pd.Series, name: str) -> None:
         self.name = name
@@ -153,7 +166,8 @@ class _Colours:
         self.norm = None
         if self.cats is None and len(v):
             lo, hi = float(v.min()), float(v.max())
-            self.norm = mcolors.LogNorm(lo, hi) if lo > 0 and hi > 10 * lo else mcolors.Normalize(lo, hi)
+            log = lo > 0 and (name == "lr" or hi > 10 * lo)
+            self.norm = mcolors.LogNorm(lo, hi) if log else mcolors.Normalize(lo, hi)
         self.cmap = mcolors.ListedColormap(PALETTE) if self.cats is not None else _cmap()
 
     def of(self, col: pd.Series) -> list:
@@ -167,16 +181,16 @@ class _Colours:
             return [PALETTE[0]] * len(v)
         return [self.cmap(self.norm(x)) if np.isfinite(x) else "0.6" for x in v]
 
-    def annotate(self, fig, ax) -> None:
+    def annotate(self, fig, ax, keep: bool = False) -> None:
+        """Legend or colour bar beside ax; keep: ax will get another legend, so keep this one as an extra artist."""
         if self.cats is not None:
-            from matplotlib.lines import Line2D
-
             handles = [Line2D([], [], marker="o", linestyle="none", markersize=4, markeredgewidth=0,
                               color=PALETTE[(len(self.cats) - 1 - i) % len(PALETTE)], label=fmt_value(c))
                        for i, c in reversed(list(enumerate(self.cats)))]  # fmt: skip
             leg = ax.legend(handles=handles, title=label(self.name), loc="upper left", bbox_to_anchor=(1.0, 1.0),
                             frameon=False)  # fmt: skip
-            ax.add_artist(leg)
+            if keep:
+                ax.add_artist(leg)
         elif self.norm is not None:
             from matplotlib.cm import ScalarMappable
 
@@ -194,42 +208,58 @@ def _cmap():
 # hyperparameter effects
 
 
-def axis_bins(values_: pd.Series, max_bins: int = 7, log: bool = True) -> tuple[pd.Series, list[str], np.ndarray]:
-    """(bin index per row, bin labels, bin centres): the distinct values when there are at most max_bins of them
-    (a grid sweep), else max_bins equal-width bins in log (or linear) space (a TPE sweep's continuous lr)."""
-    v = pd.to_numeric(values_, errors="coerce")
-    finite = v[np.isfinite(v)]
-    distinct = np.unique(np.round(finite.to_numpy(float), 12))
-    if len(distinct) == 0:
-        return pd.Series(np.nan, index=v.index), [], np.array([])
-    if len(distinct) <= max_bins:
-        idx = pd.Series(np.searchsorted(distinct, np.round(v.to_numpy(float), 12)), index=v.index).where(v.notna())
-        return idx, [fmt_value(d) for d in distinct], distinct
-    use_log = log and distinct.min() > 0
-    t = np.log10(v) if use_log else v
-    edges = np.linspace(float(np.nanmin(t)), float(np.nanmax(t)), max_bins + 1)
-    idx = pd.Series(np.clip(np.searchsorted(edges, t, side="right") - 1, 0, max_bins - 1), index=v.index)
-    centres_t = (edges[:-1] + edges[1:]) / 2
-    centres = 10**centres_t if use_log else centres_t
-    return idx.where(v.notna()), [fmt_value(float(f"{c:.2g}")) for c in centres], centres
+class Bins:
+    """Bins of one axis, made from a reference column and applied to any rows: the distinct values when there are
+    at most max_bins of them (a grid sweep), else max_bins equal-width bins in log (or linear) space (a TPE sweep's
+    continuous lr). Made once per study, so every method's heatmap has the same cells."""
+
+    def __init__(self, reference: pd.Series, max_bins: int = 7, log: bool = True) -> None:
+        v = pd.to_numeric(reference, errors="coerce").to_numpy(float)
+        distinct = np.unique(np.round(v[np.isfinite(v)], 12))
+        self.edges: np.ndarray | None = None
+        self.log = log and len(distinct) > 0 and distinct.min() > 0
+        if len(distinct) <= max_bins:
+            self.centres = distinct
+            self.labels = [fmt_value(d) for d in distinct]
+            return
+        t = np.log10(distinct) if self.log else distinct
+        self.edges = np.linspace(t.min(), t.max(), max_bins + 1)
+        mid = (self.edges[:-1] + self.edges[1:]) / 2
+        self.centres = 10**mid if self.log else mid
+        self.labels = [fmt_value(float(f"{c:.2g}")) for c in self.centres]
+
+    def assign(self, col: pd.Series) -> pd.Series:
+        """Bin index per row (NaN outside the reference's values or range)."""
+        v = pd.to_numeric(col, errors="coerce").to_numpy(float)
+        if self.edges is None:
+            idx = np.searchsorted(self.centres, np.round(v, 12)).clip(0, max(len(self.centres) - 1, 0))
+            hit = np.isfinite(v) & (len(self.centres) > 0)
+            hit &= np.isclose(self.centres[idx] if len(self.centres) else v, np.round(v, 12), rtol=1e-9, atol=0)
+        else:
+            t = np.log10(np.where(v > 0, v, np.nan)) if self.log else v
+            idx = np.clip(np.searchsorted(self.edges, t, side="right") - 1, 0, len(self.edges) - 2)
+            hit = np.isfinite(t) & (t >= self.edges[0] - 1e-12) & (t <= self.edges[-1] + 1e-12)
+        return pd.Series(np.where(hit, idx, np.nan), index=col.index)
 
 
 def heatmaps(df: pd.DataFrame, path: str | Path, metrics: Sequence[Objective], x: str = "lr",
-             y: str = "effective_batch_size", title: str | None = None) -> list[Path]:  # fmt: skip
+             y: str = "effective_batch_size", title: str | None = None,
+             bins_from: pd.DataFrame | None = None) -> list[Path]:  # fmt: skip
     """The seed paper's grid: each metric's mean over the trials in each (lr, effective batch size) cell, annotated;
-    rates share the 0–1 colour scale, empty cells stay blank."""
-    ok = eligible(df, metrics)
-    sub = df[ok]
-    xi, xlabels, _ = axis_bins(sub[x], log=True)
-    yi, ylabels, _ = axis_bins(sub[y], log=True)
+    rates share the 0–1 colour scale, empty cells stay blank. bins_from: the rows that define the cells (e.g. the
+    whole study, so that each method's figure has the same cells); default df."""
+    sub = df[eligible(df, metrics)]
+    ref = sub if bins_from is None else bins_from[eligible(bins_from, metrics)]
+    xb, yb = Bins(ref[x]), Bins(ref[y])
+    xi, yi, xlabels, ylabels = xb.assign(sub[x]), yb.assign(sub[y]), xb.labels, yb.labels
     with paper_style():
-        fig, axes = figure("two", ncols=len(metrics), squeeze=False)
+        fig, axes = figure("two", ncols=len(metrics), squeeze=False, layout="constrained")
         for ax, m in zip(axes[0], metrics, strict=True):
             grid = np.full((len(ylabels), len(xlabels)), np.nan)
             cells = pd.DataFrame({"x": xi, "y": yi, "v": pd.to_numeric(sub[m.column], errors="coerce")}).dropna()
             for (cx, cy), v in cells.groupby(["x", "y"])["v"].mean().items():
                 grid[int(cy), int(cx)] = v
-            bounded = m.column in {"asr", "utility_acc", "over_refusal"}
+            bounded = m.column in BOUNDED
             im = ax.imshow(grid, origin="lower", aspect="auto", cmap=SEQUENTIAL,
                            vmin=0 if bounded else None, vmax=1 if bounded else None)  # fmt: skip
             norm = im.norm
@@ -243,18 +273,19 @@ def heatmaps(df: pd.DataFrame, path: str | Path, metrics: Sequence[Objective], x
             ax.set_ylabel(label(y))
             ax.set_title(label(m.column, m))
             ax.spines[:].set_visible(False)
-            fig.colorbar(im, ax=ax, pad=0.02, fraction=0.05)
+            fig.colorbar(im, ax=ax, fraction=0.05)
         if title:
             fig.suptitle(title)
         return save_figure_atomic(fig, path)
 
 
 def metric_vs_lr(df: pd.DataFrame, path: str | Path, metrics: Sequence[Objective], by: str = "eta",
-                 x: str = "lr", level: float = 0.95) -> list[Path]:  # fmt: skip
+                 x: str = "lr", level: float = 0.95, title: str | None = None) -> list[Path]:  # fmt: skip
     """Each metric against lr, one line per `by` value (EMA η): the mean over the trials in each lr bin (seeds, and
     whatever else varies there) with a Student-t confidence band where a bin holds two or more trials."""
     sub = df[eligible(df, metrics)]
-    xi, _, centres = axis_bins(sub[x], log=True)
+    xb = Bins(sub[x])
+    xi, centres = xb.assign(sub[x]), xb.centres
     groups = sorted(sub[by].dropna().unique().tolist(), reverse=True) if by in sub else [None]
     with paper_style():
         fig, axes = figure("two", ncols=len(metrics), squeeze=False)
@@ -269,12 +300,19 @@ def metric_vs_lr(df: pd.DataFrame, path: str | Path, metrics: Sequence[Objective
                 c = PALETTE[k % len(PALETTE)]
                 name = None if g is None else (f"η={fmt_value(g)}" + (" (SFT)" if g == 1 else ""))
                 ax.plot(xs, mean, marker="o", markersize=3, color=c, label=name)
+                if m.column in BOUNDED:  # the mean of a rate lies in [0, 1]: so does its interval
+                    lo, hi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
                 band = np.isfinite(lo)
                 if band.any():
                     ax.fill_between(xs[band], lo[band], hi[band], color=c, alpha=0.2, linewidth=0)
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_value(v)))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(label(x))
             ax.set_ylabel(label(m.column, m))
         if len(groups) > 1:
             axes[0][0].legend(frameon=False, loc="best")
+        if title:
+            fig.suptitle(title)
         return save_figure_atomic(fig, path)

@@ -81,7 +81,7 @@ def load(
 
 
 def method_label(eta: float | None) -> str:
-    """"EMA η=0.25" when parameter-space EMA is on (η < 1), else "SFT" (η = 1 is plain fine-tuning)."""
+    """ "EMA η=0.25" when parameter-space EMA is on (η < 1), else "SFT" (η = 1 is plain fine-tuning)."""
     if eta is not None and not _isnan(eta) and float(eta) < 1:
         return f"EMA η={float(eta):g}"
     return "SFT"
@@ -117,6 +117,19 @@ def param_columns(df: pd.DataFrame) -> list[str]:
 def list_studies(url: str) -> list[str]:
     storage = open_readonly(url)
     return [s.study_name for s in _guard(url, storage.get_all_studies)]
+
+
+def resolve_url(spec: str | Path) -> str:
+    """A storage address from what a user types: a URL as is, a sweep folder → its journal, *.db → sqlite URL."""
+    text = str(spec)
+    if "://" in text:
+        return text
+    path = Path(text)
+    if path.is_dir() and (path / "optuna.journal").is_file():
+        return str(path / "optuna.journal")
+    if path.suffix in SQLITE_SUFFIXES:
+        return f"sqlite:///{path.resolve()}"
+    return text
 
 
 def open_readonly(url: str) -> BaseStorage:
@@ -180,7 +193,7 @@ def _storage_rows(url: str, wanted: Sequence[str] | None, run_root: Path | None,
         if wanted and name not in wanted:
             continue
         study = _guard(url, lambda n=name: optuna.load_study(study_name=n, storage=storage))
-        metric_names = study.metric_names or [f"value_{i}" for i in range(len(study.directions))]
+        metric_names = study.metric_names or [f"values_{i}" for i in range(len(study.directions))]
         for m, d in zip(metric_names, study.directions, strict=True):
             directions.setdefault(m, d.name.lower())
         trials = _guard(url, lambda s=study: s.get_trials(deepcopy=False))

@@ -42,7 +42,7 @@ DEFAULT_OBJECTIVES = (Objective("asr", "minimize"), Objective("utility_acc", "ma
 
 
 def parse_objectives(spec: str | Sequence[str]) -> list[Objective]:
-    """"asr:min,utility_acc:max" (or a list of "column:direction") → objectives; two or three are plotted."""
+    """ "asr:min,utility_acc:max" (or a list of "column:direction") → objectives; two or three are plotted."""
     items = [s for part in ([spec] if isinstance(spec, str) else spec) for s in str(part).split(",") if s.strip()]
     out = []
     for item in items:
@@ -75,6 +75,14 @@ def eligible(df: pd.DataFrame, objectives: Sequence[Objective], feasible_only: b
     if feasible_only and "feasible" in df:
         ok &= df["feasible"].astype("boolean").fillna(False).astype(bool)
     return ok.astype(bool)
+
+
+def require_eligible(df: pd.DataFrame, objectives: Sequence[Objective], feasible_only: bool = False) -> None:
+    """Fail with one line when no row can be on a front (nothing completed, or nothing feasible)."""
+    if not eligible(df, objectives, feasible_only).any():
+        what = "feasible completed" if feasible_only else "completed"
+        raise AnalysisError(f"no {what} trial with finite {', '.join(o.column for o in objectives)} "
+                            f"among {len(df)} trial(s): no front to compute")  # fmt: skip
 
 
 def values(df: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:
@@ -156,6 +164,9 @@ def hypervolume_history(df: pd.DataFrame, objectives: Sequence[Objective], ref: 
     the hypervolume is recomputed (by moocore, on the current front only) just when the front changes. Cost:
     O(n · |front|) comparisons plus one O(|front| log |front|) hypervolume per change of the front.
     """
+    missing = [c for c in (by, "trial") if c not in df.columns]
+    if missing:
+        raise AnalysisError(f"hypervolume history needs column(s) {', '.join(missing)}")
     sign = np.array([-1.0 if o.maximize else 1.0 for o in objectives])  # to minimisation
     ref_min = np.asarray(ref, float) * sign
     rows = []
@@ -187,8 +198,13 @@ def dominates(a: np.ndarray, b: np.ndarray, maximize: Sequence[bool], weakly: bo
     return le if weakly else le & (a[:, None, :] < b[None, :, :]).any(axis=2)
 
 
-def compare(df: pd.DataFrame, objectives: Sequence[Objective], by: str = "method",
-            ref: Sequence[float] | None = None, feasible_only: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+def compare(
+    df: pd.DataFrame,
+    objectives: Sequence[Objective],
+    by: str = "method",
+    ref: Sequence[float] | None = None,
+    feasible_only: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fronts of several groups (methods or studies) against one reference point.
 
     Returns (summary, coverage). summary, one row per group: eligible rows, front size, hypervolume, how many of
@@ -211,7 +227,8 @@ def compare(df: pd.DataFrame, objectives: Sequence[Objective], by: str = "method
         others = np.vstack([fronts[h] for h in groups if h != g] or [np.empty((0, len(objectives)))])
         beaten = dominates(others, f, maximize).any(axis=0) if len(others) and len(f) else np.zeros(len(f), bool)
         rows.append({by: g, "n": int((df.loc[ok, by] == g).sum()), "front": len(f),
-                     "hypervolume": hypervolume(f, objectives, ref), "on_combined_front": int(combined[start:start + len(f)].sum()),
+                     "hypervolume": hypervolume(f, objectives, ref),
+                     "on_combined_front": int(combined[start : start + len(f)].sum()),
                      "dominated_by_others": int(beaten.sum())})  # fmt: skip
         start += len(f)
     summary = pd.DataFrame(rows, columns=[by, "n", "front", "hypervolume", "on_combined_front", "dominated_by_others"])
@@ -220,7 +237,8 @@ def compare(df: pd.DataFrame, objectives: Sequence[Objective], by: str = "method
     for a in groups:
         for b in groups:
             fa, fb = fronts[a], fronts[b]
-            cov.loc[a, b] = dominates(fa, fb, maximize, weakly=True).any(axis=0).mean() if len(fa) and len(fb) else np.nan
+            if len(fa) and len(fb):
+                cov.loc[a, b] = dominates(fa, fb, maximize, weakly=True).any(axis=0).mean()
     return summary, cov
 
 

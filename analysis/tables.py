@@ -12,12 +12,14 @@ from analysis._io import atomic_write_text
 from analysis.figures import LABELS, fmt_value
 from analysis.pareto import Objective
 
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
 # LaTeX for text that Styler's escaping keeps as Unicode (pdflatex would stop on it).
 LATEX_SYMBOLS = {"η": r"$\eta$", "±": r"$\pm$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "–": "--", "×": r"$\times$"}
 
 
 def pm(mean: float, std: float, digits: int = 3) -> str:
-    """"0.667 ± 0.012"; the mean alone where there is no spread (one seed)."""
+    """ "0.667 ± 0.012"; the mean alone where there is no spread (one seed)."""
     if mean is None or not np.isfinite(mean):
         return "–"
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and np.isfinite(std) else "")
@@ -29,12 +31,17 @@ def interval(lo: float, hi: float, digits: int = 3) -> str:
     return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def escape_latex(text: str) -> str:
+    """Escape LaTeX's special characters in plain text (Styler escapes cells and headers, not the caption)."""
+    return "".join(LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
 def to_latex(df: pd.DataFrame, caption: str | None = None, label: str | None = None) -> str:
     """A booktabs tabular of df's cells as strings (index hidden), LaTeX special characters escaped."""
     cells = df.astype(str)
     styler = cells.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
-    text = styler.to_latex(hrules=True, caption=caption, label=label, column_format="l" * len(df.columns),
-                           position="t", position_float="centering")  # fmt: skip
+    text = styler.to_latex(hrules=True, caption=None if caption is None else escape_latex(caption), label=label,
+                           column_format="l" * len(df.columns), position="t", position_float="centering")  # fmt: skip
     for sym, tex in LATEX_SYMBOLS.items():
         text = text.replace(sym, tex)
     return text

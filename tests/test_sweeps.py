@@ -65,7 +65,8 @@ def test_sweep_lands_trials_with_metrics_constraints_and_resumes(tmp_path, toy_r
     for t in study.trials:
         metrics = json.loads((tmp_path / str(t.number) / "metrics.json").read_text())
         assert t.values == [metrics["asr"], metrics["utility_acc"]]
-        assert t.user_attrs["safety_loss"] == metrics["safety_loss"] and t.user_attrs["run_dir"]
+        assert t.user_attrs["safety_loss"] == metrics["safety_loss"]
+        assert Path(t.user_attrs["run_dir"]).resolve() == (tmp_path / str(t.number)).resolve()
         assert t.system_attrs["constraints:asr<=0.05"] == pytest.approx(metrics["asr"] - 0.05)
         assert t.user_attrs["constraint/asr<=0.05"] == pytest.approx(metrics["asr"] - 0.05)
         assert "feasible" in t.user_attrs

@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def _outcome(ret: JobReturn) -> Outcome:
-    run_dir = str(ret.working_dir) if ret.working_dir else None
+    # the job's output dir (<sweep dir>/<trial number>); ret.working_dir is the launcher's cwd
+    try:
+        run_dir = str(ret.hydra_cfg.hydra.runtime.output_dir)
+    except Exception:
+        run_dir = None
     if ret.status == JobStatus.COMPLETED:
         value = ret.return_value
         if isinstance(value, dict):
