@@ -3,19 +3,24 @@
     .venv/bin/pip install loss-landscapes==3.0.6   # its only dependency is numpy
     .venv/bin/python bench/bench_landscape.py [--cache-dir .cache] [--threads 2] [--points 11] [--parts 1,2,3]
 
+About 2–3 minutes on 2 idle cores. Every timing is a best-of (interleaved runs), but other jobs on the same cores
+still skew it: check the load averages it prints.
+
 Part 1  the same 2-D random-plane safety-loss landscape (toy aligned Llama, filter normalisation, `--points`² grid,
         extent ±0.5/`--distance` filter-normalised units, every parameter perturbed) computed by our code
         (landscape.directions + Perturbation + Scorer, as landscape/run.py does) and by PyPI `loss_landscapes
         .random_plane` with a Metric that calls the same `per_example_nll` on the same encoded refusal set. Reports
-        wall time, time outside the metric, and what each leaves behind (checksum, requires_grad), plus an audit of
-        their walk: the (α, β) of every point they evaluate, recovered by projecting θ − θ₀ on their directions.
+        wall time (best of `--repeats`, ABBA order), time outside the metric, and what each leaves behind (checksum,
+        requires_grad), plus an untimed audit of their walk: the (α, β) behind every entry of the array they return,
+        recovered by projecting θ − θ₀ on their directions (captured by wrapping their direction factories).
 Part 2  peak fp32 matmul FLOP/s (one n×n `torch.matmul`, best of a few) vs `per_example_nll` throughput on a randomly
         initialised ~110M-parameter Llama (tied embeddings) on synthetic batches. FLOPs = 2 × (weights of every
         nn.Linear, lm_head included) per token; the attention score/value products are reported separately.
 Part 3  ASR-landscape cost per grid point on the toy model: llm-landscape's recipe (walk a state_dict copy and
         `load_state_dict` it at every point, HF `generate` greedy in batches of 4, no keyword early stop) vs ours
         (`Perturbation.set` + `sweeps.scoring.generate.generate`, batch 64, early stop on refusal keywords), same
-        prompts, same direction, same max_new_tokens (capped so prompt + new tokens ≤ max_position_embeddings).
+        prompts, same direction, same max_new_tokens (capped so prompt + new tokens ≤ max_position_embeddings);
+        also ours without the early stop, to separate what batching and early stopping each buy.
 
 Prints a small table per part, then one line `JSON {...}` with every number.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import json
 import math
 import os
@@ -53,7 +59,6 @@ from sweeps.scoring.scorer import EvalSets, Scorer
 from sweeps.toyworld import World, WorldConfig, ensure_world, toy_examples
 
 try:
-    import loss_landscapes
     import loss_landscapes.main as ll_main
     from loss_landscapes.metrics import Metric
     from loss_landscapes.model_interface.model_wrapper import ModelWrapper
@@ -214,7 +219,9 @@ def cos_flat(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x @ y / (x.norm() * y.norm())
 
 
-def run_ours(model: nn.Module, scorer: Scorer, points: int, radius: float, seed: int) -> tuple[np.ndarray, float, dict]:
+def run_ours(
+    model: nn.Module, scorer: Scorer, points: int, radius: float, seed: int
+) -> tuple[np.ndarray, float, dict[str, Any]]:
     """landscape/run.py's random mode (dims=2, filter, one repeat), every parameter in scope, no disk I/O."""
     metric_s = 0.0
     params = D.select_parameters(model, D.Scope(exclude=None))
@@ -323,9 +330,11 @@ def part1(args: argparse.Namespace, root: Path, world: World) -> dict[str, Any]:
         print(f"{name:<34}{x:>14}{y:>18}")
     all_s = {tool: [round(r["seconds"], 2) for r in rs] for tool, rs in runs.items()}
     print(
-        f"time ratio ours/theirs = {t_ours / t_theirs:.3f} (best of {args.repeats} each, ABBA; goal ≤ 1.0);"
+        f"time ratio ours/theirs = {t_ours / t_theirs:.3f} (best of {args.repeats} each, ABBA…; goal ≤ 1.0);"
         f" all runs s: ours {all_s['ours']}, theirs {all_s['theirs']}"
     )
+    over = (t_ours - our_metric_s) / (t_theirs - their_metric_s)
+    print(f"landscape machinery outside the (identical) metric: ours/theirs = {over:.2f}")
     print(f"ours: axis (filter units, both directions) = {our_res['axis']}")
     print(f"ours: origin is grid point ({o},{o}); loss there − centre loss = {our_res['origin_minus_centre']:.3g}")
     for n, a in audits.items():
@@ -360,6 +369,7 @@ def part1(args: argparse.Namespace, root: Path, world: World) -> dict[str, Any]:
         "ours": our_res,
         "theirs": th_res,
         "ratio_ours_over_theirs": t_ours / t_theirs,
+        "overhead_ratio_ours_over_theirs": (t_ours - our_metric_s) / (t_theirs - their_metric_s),
         "audits": {str(k): v for k, v in audits.items()},
     }
 
@@ -514,8 +524,8 @@ def part3(args: argparse.Namespace, root: Path, world: World) -> dict[str, Any]:
     llm_landscape_generate(theirs_model, tok, prompts, args.their_batch, max_new)  # warm-up both, untimed
     generate(ours_model, tok, prompts, max_new_tokens=max_new, batch_size=args.our_batch)
     times: dict[str, list[list[float]]] = {arm: [[] for _ in alphas] for arm in ("theirs", "ours", "nostop")}
-    verdicts: dict[str, list[list[bool]]] = {}
-    lengths: dict[str, list[float]] = {}
+    verdicts: dict[str, list[bool]] = {}  # "<arm><point index>" → per-prompt refusal, from the last sweep
+    lengths: dict[str, float] = {}
     with Perturbation(params, [direction]) as pert:
         for _ in range(args.asr_repeats):  # whole sweeps, interleaved per point; the best time per point is kept
             weights = {k: v.clone() for k, v in origin.items()}  # llm-landscape's walk starts afresh
@@ -611,7 +621,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parts", default="1,2,3", help="comma-separated subset of 1,2,3")
     ap.add_argument("--points", type=int, default=11, help="[1] grid points per axis (both tools)")
-    ap.add_argument("--repeats", type=int, default=2, help="[1] timed runs per tool, ABBA order; best is reported")
+    ap.add_argument("--repeats", type=int, default=3, help="[1] timed runs per tool, ABBA order; best is reported")
     ap.add_argument("--distance", type=float, default=1.0, help="[1] their `distance`; ours uses radius 0.5/distance")
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--matmul-repeats", type=int, default=5)
@@ -638,7 +648,7 @@ def main() -> None:
     root = ensure_world(world.cfg, args.cache_dir)
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, loss-landscapes "
-        f"{getattr(loss_landscapes, '__version__', '3.0.6 (no __version__)')}, threads={args.threads}"
+        f"{importlib.metadata.version('loss-landscapes')}, threads={args.threads}"
     )
     out: dict[str, Any] = {"args": vars(args), "loadavg_start": list(os.getloadavg())}
     print(f"load average at start: {out['loadavg_start']} (other jobs on these cores skew every number)")

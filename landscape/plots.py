@@ -39,12 +39,23 @@ def plot_1d(table: pd.DataFrame, manifest: dict[str, Any], out: Path) -> list[Pa
         return save_figure(fig, out / "landscape_1d")
 
 
+def short_label(spec: str) -> str:
+    """A legend label for a weights path: "trial 7" for a sweep trial's weights, else the file or folder name."""
+    parts = Path(spec).parts
+    if "weights" in parts:
+        i = parts.index("weights")
+        if i > 0 and parts[i - 1].isdigit():
+            return f"trial {parts[i - 1]}"
+    return Path(spec).stem if Path(spec).suffix == ".safetensors" else Path(spec).name or spec
+
+
 def _markers(ax, manifest: dict[str, Any]) -> None:
     ax.plot(0, 0, marker="*", color="white", markeredgecolor="black", markersize=9, linestyle="none",
             label="centre")  # fmt: skip
     if manifest["mode"] == "plane":
-        ax.plot([1], [0], marker="o", color=PALETTE[1], markeredgecolor="black", linestyle="none", label="target 1")
-        ax.plot([0], [1], marker="s", color=PALETTE[2], markeredgecolor="black", linestyle="none", label="target 2")
+        names = [short_label(t) for t in manifest.get("targets", [])] or ["target 1", "target 2"]
+        ax.plot([1], [0], marker="o", color=PALETTE[1], markeredgecolor="black", linestyle="none", label=names[0])
+        ax.plot([0], [1], marker="s", color=PALETTE[2], markeredgecolor="black", linestyle="none", label=names[1])
     for m in manifest.get("overlay", []):
         ax.plot(m["x"], m["y"], marker="^", color=PALETTE[3], markeredgecolor="black", linestyle="none")
         ax.annotate(m["label"], (m["x"], m["y"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -68,7 +79,7 @@ def plot_2d(table: pd.DataFrame, manifest: dict[str, Any], out: Path, surface3d:
             _markers(ax, manifest)
             ax.set_title(LABELS.get(metric, metric))
             ax.set_xlabel("α")
-            ax.set_ylabel("β")
+        axes[0][0].set_ylabel("β")
         axes[0][0].legend(frameon=True, fontsize=6, loc="lower left")
         paths += save_figure(fig, out / "landscape_2d")
         if surface3d:

@@ -18,15 +18,14 @@ from landscape.config import LandscapeAppConfig, validate_landscape
 from landscape.perturb import Perturbation
 from landscape.store import PointStore
 from landscape.summaries import crossing, mean_ci, top_hessian_eigenvalue, visage
-from sweeps.config import ConfigError
+from sweeps.config import AlignConfig, ConfigError, ModelConfig
 from sweeps.data import DataError
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import collate
-from sweeps.models import load_model
+from sweeps.models import PACKAGE_PREFIX, load_model, resolve_package
 from sweeps.rundir import atomic_write_json, atomic_write_text, versions
 from sweeps.scoring.scorer import Scorer
-from sweeps.toyworld import World, WorldConfig, ensure_world
-from sweeps.trial import load_data, uses_toy
+from sweeps.trial import load_data, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +42,18 @@ def axis(lo: float, hi: float, n: int) -> np.ndarray:
     return values
 
 
-def _load_target(spec: str, names: list[str], centre: list[torch.Tensor], cfg: LandscapeAppConfig,
+def _load_target(spec: str, names: list[str], centre: list[torch.Tensor], model_cfg: ModelConfig,
                  world_root: Path | None) -> list[torch.Tensor]:  # fmt: skip
-    """The target model's tensors for `names` (missing ones in a partial .safetensors keep the centre's value)."""
+    """The target model's tensors for `names` (missing ones in a partial .safetensors keep the centre's value).
+
+    `spec`: a .safetensors file, an HF model folder, `toy:base` / `toy:aligned`, or `pkg:<module>`.
+    """
+    model_cfg = dataclasses.replace(model_cfg, gguf_file=None, reuse=False, align=AlignConfig(),
+                                    lora=dataclasses.replace(model_cfg.lora, enabled=False))  # fmt: skip
+    if spec.startswith(PACKAGE_PREFIX):
+        pkg_cfg = resolve_package(dataclasses.replace(model_cfg, name_or_path=spec))
+        model, _ = load_model(pkg_cfg, pkg_cfg.name_or_path)
+        return _pick(spec, dict(model.named_parameters()), names, centre)
     if spec.startswith("toy:"):
         if world_root is None:
             raise ConfigError(f"landscape.targets: '{spec}' needs the toy world (model=toy)")
@@ -58,11 +66,15 @@ def _load_target(spec: str, names: list[str], centre: list[torch.Tensor], cfg: L
 
         state = load_file(str(path))
     elif path.is_dir():
-        model, _ = load_model(dataclasses.replace(cfg.model, lora=dataclasses.replace(cfg.model.lora, enabled=False),
-                                                  reuse=False), str(path))  # fmt: skip
+        model, _ = load_model(model_cfg, str(path))
         state = dict(model.named_parameters())
     else:
         raise ConfigError(f"landscape: '{spec}' is neither a .safetensors file nor a model directory")
+    return _pick(spec, state, names, centre)
+
+
+def _pick(spec: str, state: dict[str, torch.Tensor], names: list[str], centre: list[torch.Tensor]
+          ) -> list[torch.Tensor]:  # fmt: skip
     found = [n for n in names if n in state]
     if not found:
         raise ConfigError(f"landscape: '{spec}' holds none of the perturbed parameters")
@@ -84,21 +96,17 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
     validate_landscape(cfg)
     s = cfg.landscape
     torch.manual_seed(cfg.seed)
-    world, world_root, model_path = None, None, cfg.model.name_or_path
-    if uses_toy(cfg.model.name_or_path, cfg.data):
-        world = World(WorldConfig(**cfg.world))
-        world_root = ensure_world(world.cfg, cfg.cache_dir)
-        if model_path == "toy":
-            model_path = str(world_root / "aligned")
+    world, world_root, mcfg = resolve_model(cfg.model, cfg.data, cfg.world, cfg.cache_dir, progress=progress)
+    model_path = mcfg.name_or_path
     try:
         _, sets = load_data(cfg.data, world)
     except DataError as e:
         raise ConfigError(str(e)) from None
-    model, tok = load_model(dataclasses.replace(cfg.model, reuse=False), model_path)
+    model, tok = load_model(dataclasses.replace(mcfg, reuse=False), model_path)
     model.eval()
     if s.centre_weights:
         params_now = dict(model.named_parameters())
-        overlay = _load_target(s.centre_weights, list(params_now), [p.detach() for p in params_now.values()], cfg,
+        overlay = _load_target(s.centre_weights, list(params_now), [p.detach() for p in params_now.values()], mcfg,
                                world_root)  # fmt: skip
         with torch.no_grad():
             for p, w in zip(params_now.values(), overlay, strict=True):
@@ -136,7 +144,7 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
                 sets_of_dirs.append([d1])
         xs = axis(-s.radius, s.radius, s.points)
     else:
-        targets = [_load_target(t, names, centre, cfg, world_root) for t in s.targets]
+        targets = [_load_target(t, names, centre, mcfg, world_root) for t in s.targets]
         dirs = [D.difference(centre, t) for t in targets]
         if s.mode == "plane":
             cosines.append({"repeat": 0, "before": D.cosine(dirs[0], dirs[1]), "after": D.cosine(dirs[0], dirs[1])})
@@ -153,7 +161,7 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
         d1, d2 = sets_of_dirs[0]
         marks = []
         for spec in s.overlay:
-            a, b, resid = project(_load_target(spec, names, centre, cfg, world_root), centre, d1, d2)
+            a, b, resid = project(_load_target(spec, names, centre, mcfg, world_root), centre, d1, d2)
             marks.append({"label": Path(spec).parent.parent.name or spec, "path": spec, "x": a, "y": b,
                           "residual": resid})  # fmt: skip
         manifest["overlay"] = marks

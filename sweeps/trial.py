@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from sweeps.config import ConfigError, DataConfig, TrainConfig, validate
+from sweeps.align import ensure_aligned
+from sweeps.config import ConfigError, DataConfig, ModelConfig, TrainConfig, validate
 from sweeps.data import DataError, Example, load_examples, poison_examples
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import train
 from sweeps.methods import build_methods
-from sweeps.models import POOL, load_model
+from sweeps.models import POOL, load_model, resolve_package
 from sweeps.rundir import atomic_write_json, atomic_write_jsonl, versions
 from sweeps.scoring.scorer import EvalSets, Scorer
 from sweeps.toyworld import World, WorldConfig, ensure_world
@@ -41,6 +42,22 @@ def uses_toy(model_name: str, data: DataConfig) -> bool:
     specs = [getattr(data, k) for k in ("train", "utility", "harmful", "refusal", "compliance", "overrefusal")]
     specs.append(data.poison.data)
     return model_name == "toy" or any(s is not None and s.source == "toy" for s in specs)
+
+
+def resolve_model(model: ModelConfig, data: DataConfig, world_settings: dict[str, Any], cache_dir: str,
+                  *, progress: bool = True) -> tuple[World | None, Path | None, ModelConfig]:  # fmt: skip
+    """Where the weights come from: the toy world (built once), a `pkg:` package, then the cached alignment stage.
+
+    Returns the toy world and its cache folder (None when unused) and a config whose name_or_path loads directly.
+    """
+    world, root = None, None
+    if uses_toy(model.name_or_path, data):
+        world = World(WorldConfig(**world_settings))
+        root = ensure_world(world.cfg, cache_dir)
+        if model.name_or_path == "toy":
+            model = dataclasses.replace(model, name_or_path=str(root / "aligned"))
+    model = ensure_aligned(resolve_package(model), data, cache_dir, progress=progress)
+    return world, root, model
 
 
 def load_data(d: DataConfig, world: World | None) -> tuple[list[Example], EvalSets]:
@@ -70,18 +87,12 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
     validate(cfg)
     seed_everything(cfg.seed)
 
-    world = None
-    model_path = cfg.model.name_or_path
-    if uses_toy(cfg.model.name_or_path, cfg.data):
-        world = World(world_config(cfg))
-        root = ensure_world(world.cfg, cfg.cache_dir)
-        if model_path == "toy":
-            model_path = str(root / "aligned")
+    world, _, mcfg = resolve_model(cfg.model, cfg.data, cfg.world, cfg.cache_dir, progress=progress)
     try:
         train_set, sets = load_data(cfg.data, world)
     except DataError as e:
         raise ConfigError(str(e)) from None
-    model, tok = POOL.acquire(cfg.model, model_path) if cfg.model.reuse else load_model(cfg.model, model_path)
+    model, tok = POOL.acquire(mcfg, mcfg.name_or_path) if mcfg.reuse else load_model(mcfg, mcfg.name_or_path)
     try:
         return _run(cfg, run_dir, start, model, tok, train_set, sets, progress)
     finally:

@@ -51,7 +51,7 @@ def _to_examples(spec: DatasetConfig, key: str, label: str, columns: list[str], 
     need = tuple(dict.fromkeys(("prompt", *need)))  # an Example cannot exist without a prompt
 
     def check_column(column: str, what: str) -> None:
-        if column not in columns:
+        if column not in columns and column.split(".")[0] not in columns:
             raise DataError(f"{key}.{what}: column '{column}' not in {label}; available columns: {columns}")
 
     mapped = {}
@@ -72,11 +72,11 @@ def _to_examples(spec: DatasetConfig, key: str, label: str, columns: list[str], 
     value_map = {f: {str(k): str(v) for k, v in m.items()} for f, m in spec.value_map.items()}
     examples = []
     for loc, row in rows:
-        if any(str(row.get(c)) != v for c, v in where.items()):
+        if any(str(_lookup(row, c)) != v for c, v in where.items()):
             continue
         values: dict[str, str | None] = {}
         for f, column in mapped.items():
-            raw = row.get(column)
+            raw = _lookup(row, column)
             where_msg = f"{key}: {label} {loc}: field '{f}' (column '{column}')"
             if isinstance(raw, (dict, list)):
                 # A default-mapped optional column of another shape (e.g. a list of answers) is just not ours.
@@ -88,13 +88,35 @@ def _to_examples(spec: DatasetConfig, key: str, label: str, columns: list[str], 
                 raise DataError(f"{where_msg} is {'missing' if raw is None else 'empty'}")
             values[f] = text if text and text.strip() else None
         prompt = values["prompt"] or ""
-        if values.get("input"):
+        if spec.prompt_format is not None:
+            prompt = spec.prompt_format.format(prompt=prompt, input=values.get("input") or "")
+        elif values.get("input"):
             prompt = f"{prompt}\n\n{values['input']}"
         examples.append(Example(prompt=prompt, response=values.get("response"), answer=values.get("answer")))
 
     if not examples:
         raise DataError(f"{key}: no rows in {label}" + (f" with where={dict(spec.where)}" if spec.where else ""))
+    if spec.start or spec.stop is not None:
+        n = len(examples)
+        examples = examples[spec.start:spec.stop]
+        if not examples:
+            raise DataError(f"{key}.start: {spec.start} is past the last of the {n} rows kept from {label}")
     return subsample(examples, spec.limit, spec.seed)
+
+
+def _lookup(row: dict[str, Any], column: str) -> Any:
+    """A column's value; "a.0.b" reaches into nested JSON (e.g. Alpaca's instances.0.output) when no such key."""
+    if column in row or "." not in column:
+        return row.get(column)
+    value: Any = row
+    for part in column.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
 
 
 def subsample(examples: list[Example], limit: int | None, seed: int) -> list[Example]:

@@ -13,6 +13,7 @@ import math
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,7 +243,9 @@ class Sweep:
         stored = self.study.user_attrs.get("fingerprint")
         if stored is None:
             self.study.set_user_attr("fingerprint", fp)
-            self.study.set_metric_names(list(self.objectives))
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use; the warning is noise
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(list(self.objectives))
             return
         if stored.get("hash") != fp["hash"]:
             changed = [k for k in ("space", "fixed", "objectives", "constraints") if stored.get(k) != fp[k]]

