@@ -162,8 +162,8 @@ def main() -> None:
     @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
     def app(dcfg: DictConfig) -> None:
         from sweeps.config import validate
-        from sweeps.models import resolve_package
         from sweeps.train import to_train_config
+        from sweeps.trial import resolve_model
 
         try:
             cfg = to_train_config(dcfg)
@@ -171,7 +171,7 @@ def main() -> None:
             if not cfg.model.align.enabled:
                 raise ConfigError("model.align.enabled: false — pick a model config with an alignment stage, "
                                   "e.g. model=smollm2_aligned")  # fmt: skip
-            aligned = ensure_aligned(resolve_package(cfg.model), cfg.data, cfg.cache_dir)
+            _, _, aligned = resolve_model(cfg.model, cfg.data, cfg.world, cfg.cache_dir)  # toy / pkg: / HF, aligned
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

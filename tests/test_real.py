@@ -18,7 +18,7 @@ from sweeps.align import align_key, ensure_aligned
 from sweeps.config import AlignConfig, ConfigError, DataConfig, DatasetConfig, ModelConfig, OptimConfig
 from sweeps.data import load_examples
 from sweeps.models import resolve_package
-from tests.conftest import PYTHON, ROOT, SHARED_DATA
+from tests.conftest import CACHE_DIR, PYTHON, ROOT, SHARED_DATA
 
 CONF = ROOT / "conf"
 
@@ -225,7 +225,8 @@ def test_smollm2_repro_study_smoke(tmp_path) -> None:
 
 
 def test_align_cli_builds_and_reports_the_folder(tmp_path, toy_root) -> None:
-    env = {**os.environ, "SWEEPS_CACHE_DIR": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
+    # θ_aligned of the toy world (already built in the shared cache) is the base; the new folder lands there too
+    env = {**os.environ, "SWEEPS_CACHE_DIR": str(CACHE_DIR), "HYDRA_FULL_ERROR": "0"}
     run = lambda *a: subprocess.run([PYTHON, "-m", "sweeps.align", f"hydra.run.dir={tmp_path / 'run'}", *a],  # noqa: E731
                                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     off = run()
@@ -238,7 +239,9 @@ def test_align_cli_builds_and_reports_the_folder(tmp_path, toy_root) -> None:
              "model.align.optim.batch_size=2")  # fmt: skip
     assert on.returncode == 0, on.stderr[-2000:]
     folder = Path(on.stdout.strip().splitlines()[-1].removeprefix("aligned model: "))
-    assert folder.parent == tmp_path / "cache" and json.loads((folder / "align.json").read_text())["steps"] == 2
+    assert folder.parent == CACHE_DIR and folder.name.startswith("aligned-")
+    info = json.loads((folder / "align.json").read_text())
+    assert info["steps"] == 2 and info["n_refusal"] == 6 and info["base"].endswith("aligned")
 
 
 def test_study_summary_table_has_every_run_with_bootstrap_ci(tmp_path) -> None:
