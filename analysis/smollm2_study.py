@@ -28,8 +28,11 @@ import pandas as pd
 from analysis.default_study import _run
 
 STUDY = "smollm2_repro"
-# search space → (the single-trial experiment with the same settings, the data config)
-SPACES = {"smollm2_repro": ("smollm2_sst2", "sst2"), "smollm2_gsm8k": ("smollm2_gsm8k", "gsm8k")}
+# search space → (the single-trial experiment with the same settings, the data config, the report's objectives)
+SPACES = {
+    "smollm2_repro": ("smollm2_sst2", "sst2", "asr:min,utility_acc:max"),
+    "smollm2_gsm8k": ("smollm2_gsm8k", "gsm8k", "asr:min,utility_loss:min"),
+}
 COLUMNS = ["run", "lr", "batch_size", "grad_accum", "effective_batch_size", "ema_eta", "steps", "asr", "asr_lo",
            "asr_hi", "over_refusal", "utility_acc", "safety_loss", "compliance_loss", "utility_loss",
            "wall_time_s"]  # fmt: skip
@@ -84,15 +87,16 @@ def summarise(out: Path, sweep_dir: Path) -> pd.DataFrame:
     def fmt(x, spec: str) -> str:
         return "–" if x is None or pd.isna(x) else format(x, spec)
 
-    lines = ["| run | lr | batch × accum | η | steps | ASR [95 % CI] | over-refusal | utility acc | safety loss | "
-             "compliance loss | wall s |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| run | lr | batch × accum | η | steps | ASR [95 % CI] | over-refusal | utility acc | utility loss | "
+             "safety loss | compliance loss | wall s |", "|" + "---|" * 12]  # fmt: skip
     for r in df.itertuples():
         recipe = "–" if pd.isna(r.batch_size) or r.steps == 0 else f"{int(r.batch_size)} × {int(r.grad_accum)}"
         lr = "–" if r.steps == 0 else fmt(r.lr, ".1e")
         eta = "–" if r.steps == 0 or r.ema_eta is None or pd.isna(r.ema_eta) else fmt(r.ema_eta, "g")
         asr = f"{fmt(r.asr, '.2f')} [{fmt(r.asr_lo, '.2f')}, {fmt(r.asr_hi, '.2f')}]"
         lines.append(f"| {r.run} | {lr} | {recipe} | {eta} | {fmt(r.steps, '.0f')} | {asr} | "
-                     f"{fmt(r.over_refusal, '.2f')} | {fmt(r.utility_acc, '.3f')} | {fmt(r.safety_loss, '.3f')} | "
+                     f"{fmt(r.over_refusal, '.2f')} | {fmt(r.utility_acc, '.3f')} | {fmt(r.utility_loss, '.3f')} | "
+                     f"{fmt(r.safety_loss, '.3f')} | "
                      f"{fmt(r.compliance_loss, '.3f')} | {fmt(r.wall_time_s, '.0f')} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return df
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _check_prerequisites()
     py = sys.executable
-    experiment, data = SPACES[args.space]
+    experiment, data, objectives = SPACES[args.space]
     out, sweep_dir = Path(args.out or f"reports/{args.space}"), Path("multirun") / args.space
     single = [py, "-m", "sweeps.train", f"experiment={experiment}", "optim.max_steps=0"]
 
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
               "landscape.repeats=2", "landscape.radius=0.5", "landscape.metrics=[safety_loss,utility_loss]",
               "data.refusal.limit=48", "data.utility.limit=64"])  # fmt: skip
     if "report" not in args.skip and (sweep_dir / "optuna.journal").is_file():
-        _run([py, "-m", "analysis", "report", str(sweep_dir), "-o", str(out), "--quiet"])
+        _run([py, "-m", "analysis", "report", str(sweep_dir), "-o", str(out), "--objectives", objectives, "--quiet"])
     summarise(out, sweep_dir)
     print((out / "summary.md").read_text())
     print(f"study done. summary: {out}/summary.md   report: {out}/index.md"
