@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -31,8 +32,15 @@ ALIGN_FORMAT_VERSION = 1  # bump when the build recipe changes in a way the key 
 
 
 def _file_digest(path: str) -> str:
+    stat = os.stat(os.path.expanduser(path))
+    return _digest(os.path.expanduser(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, hashed once per (path, size, mtime) in a worker, not again for every trial's key."""
     h = hashlib.sha256()
-    with open(os.path.expanduser(path), "rb") as f:
+    with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
