@@ -2,6 +2,7 @@
 
     python -m analysis.smollm2_study [--trials 14] [--out reports/smollm2_repro] [--skip landscape]
     python -m analysis.smollm2_study --space smollm2_gsm8k --skip base landscape     # the prose-task variant
+    python -m analysis.smollm2_study --space smollm2_gsm8k --seeds 0 1 2 --skip base landscape   # + training seeds
 
 1. base     SmolLM2-135M-Instruct as shipped, scored with no fine-tuning (it is not safety-aligned)
 2. aligned  θ_aligned: the cached alignment stage (sweeps.align), scored with no fine-tuning
@@ -9,6 +10,10 @@
 4. landscape a 1-D random-direction safety/utility loss landscape around θ_aligned (2 directions, CI band)
 5. report   `python -m analysis report` over the study, and `summary.md` / `summary.csv`: every run with keyword
             ASR on AdvBench[:100] (95 % bootstrap CI over prompts), over-refusal on XSTest, SST-2 accuracy
+
+With `--seeds`, the sweep runs once per training seed (seed 0 is the study above; seed N is study `<space>_seedN`,
+the same enqueued recipes with another data order) and `seeds.md` / `seeds.csv` give every recipe's mean and range
+of each metric over the seeds.
 
 Needs the shared data (../shared/data, or SAFETY_DATA_DIR) and SmolLM2 (bash .ci/setup installs it). Every stage is
 a command printed before it runs; rerunning resumes (finished runs are kept, the sweep continues its study).
@@ -94,12 +99,40 @@ def summarise(out: Path, sweep_dir: Path) -> pd.DataFrame:
         lr = "–" if r.steps == 0 else fmt(r.lr, ".1e")
         eta = "–" if r.steps == 0 or r.ema_eta is None or pd.isna(r.ema_eta) else fmt(r.ema_eta, "g")
         asr = f"{fmt(r.asr, '.2f')} [{fmt(r.asr_lo, '.2f')}, {fmt(r.asr_hi, '.2f')}]"
-        lines.append(f"| {r.run} | {lr} | {recipe} | {eta} | {fmt(r.steps, '.0f')} | {asr} | "
-                     f"{fmt(r.over_refusal, '.2f')} | {fmt(r.utility_acc, '.3f')} | {fmt(r.utility_loss, '.3f')} | "
-                     f"{fmt(r.safety_loss, '.3f')} | "
-                     f"{fmt(r.compliance_loss, '.3f')} | {fmt(r.wall_time_s, '.0f')} |")
+        lines.append(
+            f"| {r.run} | {lr} | {recipe} | {eta} | {fmt(r.steps, '.0f')} | {asr} | "
+            f"{fmt(r.over_refusal, '.2f')} | {fmt(r.utility_acc, '.3f')} | {fmt(r.utility_loss, '.3f')} | "
+            f"{fmt(r.safety_loss, '.3f')} | "
+            f"{fmt(r.compliance_loss, '.3f')} | {fmt(r.wall_time_s, '.0f')} |"
+        )
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return df
+
+
+RECIPE = ["lr", "batch_size", "grad_accum", "ema_eta"]
+SEED_METRICS = ["asr", "over_refusal", "utility_acc", "utility_loss", "safety_loss"]
+
+
+def summarise_seeds(out: Path, per_seed: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Every recipe trained under several seeds → mean, min and max of each metric over the seeds (seeds.csv/.md)."""
+    frames = [df.assign(seed=seed) for seed, df in per_seed.items()]
+    runs = pd.concat(frames, ignore_index=True)
+    runs = runs[runs["steps"].fillna(0) > 0].dropna(subset=["asr"])  # trained and completed runs only
+    metrics = [m for m in SEED_METRICS if runs[m].notna().any()]
+    grouped = runs.groupby(RECIPE, dropna=False)
+    table = grouped[metrics].agg(["mean", "min", "max"])
+    table.columns = [f"{m}_{stat}" for m, stat in table.columns]
+    table["seeds"] = grouped["seed"].nunique()
+    table = table.reset_index().sort_values(RECIPE, ignore_index=True)
+    table.to_csv(out / "seeds.csv", index=False)
+    head = "| lr | batch × accum | η | seeds | " + " | ".join(f"{m} mean [min, max]" for m in metrics) + " |"
+    lines = [head, "|" + "---|" * (4 + len(metrics))]
+    for r in table.to_dict("records"):
+        cells = [f"{r[f'{m}_mean']:.3f} [{r[f'{m}_min']:.3f}, {r[f'{m}_max']:.3f}]" for m in metrics]
+        lines.append(f"| {r['lr']:.1e} | {int(r['batch_size'])} × {int(r['grad_accum'])} | {r['ema_eta']:g} | "
+                     f"{r['seeds']} | " + " | ".join(cells) + " |")  # fmt: skip
+    (out / "seeds.md").write_text("\n".join(lines) + "\n")
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--space", default=STUDY, choices=list(SPACES), help="search space (= study name)")
     parser.add_argument("--out", default=None, help="report folder (default: reports/<space>)")
     parser.add_argument("--trials", type=int, default=None, help="sweep trials in total (default: the config's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds; each one its own sweep")
     parser.add_argument("--skip", nargs="*", default=[], choices=["base", "sweep", "landscape", "report"])
     args = parser.parse_args(argv)
     _check_prerequisites()
@@ -119,9 +153,11 @@ def main(argv: list[str] | None = None) -> None:
         _run([*single, "model.align.enabled=false", f"hydra.run.dir={out / 'base'}"])
     if not (out / "aligned" / "metrics.json").is_file():
         _run([*single, f"hydra.run.dir={out / 'aligned'}"])  # builds θ_aligned once (cached), then scores it
-    if "sweep" not in args.skip:
-        extra = [] if args.trials is None else [f"hydra.sweeper.n_trials={args.trials}"]
-        _run([py, "-m", "sweeps.train", "-m", f"search_space={args.space}", *extra])
+    extra = [] if args.trials is None else [f"hydra.sweeper.n_trials={args.trials}"]
+    for seed in args.seeds if "sweep" not in args.skip else []:
+        study = args.space if seed == 0 else f"{args.space}_seed{seed}"  # seed 0 keeps the single-seed study's name
+        seeded = [] if seed == 0 else [f"seed={seed}", f"hydra.sweeper.study_name={study}"]
+        _run([py, "-m", "sweeps.train", "-m", f"search_space={args.space}", *seeded, *extra])
     if "landscape" not in args.skip:
         _run([py, "-m", "landscape", "model=smollm2_aligned", f"data={data}", "eval=sst2",
               f"hydra.run.dir={out / 'landscape_1d'}", "landscape.dims=1", "landscape.points=9",
@@ -131,6 +167,13 @@ def main(argv: list[str] | None = None) -> None:
         _run([py, "-m", "analysis", "report", str(sweep_dir), "-o", str(out), "--objectives", objectives, "--quiet"])
     summarise(out, sweep_dir)
     print((out / "summary.md").read_text())
+    if len(args.seeds) > 1:
+        per_seed = {}
+        for seed in args.seeds:
+            study = args.space if seed == 0 else f"{args.space}_seed{seed}"
+            per_seed[seed] = summarise(out / "seeds" / str(seed), Path("multirun") / study)
+        summarise_seeds(out, per_seed)
+        print((out / "seeds.md").read_text())
     print(f"study done. summary: {out}/summary.md   report: {out}/index.md"
           f"\nwatch the study: optuna-dashboard {sweep_dir / 'optuna.journal'} --host 127.0.0.1")  # fmt: skip
 

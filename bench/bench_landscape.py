@@ -16,11 +16,13 @@ Part 1  the same 2-D random-plane safety-loss landscape (toy aligned Llama, filt
 Part 2  peak fp32 matmul FLOP/s (one n×n `torch.matmul`, best of a few) vs `per_example_nll` throughput on a randomly
         initialised ~110M-parameter Llama (tied embeddings) on synthetic batches. FLOPs = 2 × (weights of every
         nn.Linear, lm_head included) per token; the attention score/value products are reported separately.
-Part 3  ASR-landscape cost per grid point on the toy model: llm-landscape's recipe (walk a state_dict copy and
-        `load_state_dict` it at every point, HF `generate` greedy in batches of 4, no keyword early stop) vs ours
-        (`Perturbation.set` + `sweeps.scoring.generate.generate`, batch 64, early stop on refusal keywords), same
-        prompts, same direction, same max_new_tokens (capped so prompt + new tokens ≤ max_position_embeddings);
-        also ours without the early stop, to separate what batching and early stopping each buy.
+Part 3  ASR-landscape cost per grid point on the toy model, on llm-landscape's 1-D grid (21 points, α ∈ [−0.5, 0.5]):
+        their recipe (walk a state_dict copy and `load_state_dict` it at every point, HF `generate` greedy in batches
+        of 4, no keyword early stop) vs ours as `python -m landscape` runs it (`Perturbation.set`, points from the
+        centre outwards, `sweeps.scoring.generate.generate` in batches of 64 with the early stop on refusal keywords
+        and the nearest computed point's answers as drafts), same prompts, same direction, same max_new_tokens
+        (capped so prompt + new tokens ≤ max_position_embeddings); also ours without drafts and ours without the early
+        stop, to separate what drafts, early stopping and batching each buy.
 
 Prints a small table per part, then one line `JSON {...}` with every number.
 """
@@ -508,7 +510,8 @@ def part3(args: argparse.Namespace, root: Path, world: World) -> dict[str, Any]:
     theirs_model, ours_model = load_toy(root / "aligned"), load_toy(root / "aligned")
     limit = theirs_model.config.max_position_embeddings - max(len(p) for p in prompts)
     max_new = min(args.max_new_tokens, limit)
-    alphas = [float(a) for a in args.asr_alphas.split(",")]
+    alphas = axis(-args.asr_radius, args.asr_radius, args.asr_points).tolist()
+    order = sorted(range(len(alphas)), key=lambda i: abs(alphas[i]))  # landscape.run's order: centre outwards
 
     params = D.select_parameters(ours_model, D.Scope())  # default scope: norms and biases fixed
     direction = D.random_direction(params, args.seed, "filter")
@@ -523,52 +526,67 @@ def part3(args: argparse.Namespace, root: Path, world: World) -> dict[str, Any]:
 
     llm_landscape_generate(theirs_model, tok, prompts, args.their_batch, max_new)  # warm-up both, untimed
     generate(ours_model, tok, prompts, max_new_tokens=max_new, batch_size=args.our_batch)
-    times: dict[str, list[list[float]]] = {arm: [[] for _ in alphas] for arm in ("theirs", "ours", "nostop")}
-    verdicts: dict[str, list[bool]] = {}  # "<arm><point index>" → per-prompt refusal, from the last sweep
-    lengths: dict[str, float] = {}
+    arms = ("theirs", "ours", "nodraft", "nostop")
+    times: dict[str, list[list[float]]] = {arm: [[] for _ in alphas] for arm in arms}
+    texts: dict[str, list[list[str]]] = {arm: [[] for _ in alphas] for arm in arms}  # from the last sweep
+    lengths: dict[str, list[float]] = {arm: [0.0] * len(alphas) for arm in arms}
+    drafted = [0.0] * len(alphas)
     with Perturbation(params, [direction]) as pert:
         for _ in range(args.asr_repeats):  # whole sweeps, interleaved per point; the best time per point is kept
             weights = {k: v.clone() for k, v in origin.items()}  # llm-landscape's walk starts afresh
             previous = 0.0
-            for i, alpha in enumerate(alphas):
+            answers: dict[float, list[list[int]]] = {}  # ours: answers of the points computed so far
+            for i in order:
+                alpha = alphas[i]
                 start = time.perf_counter()  # theirs: walk the state_dict copy, reload it, generate, verdicts
                 for k in weights:
                     weights[k] += (alpha - previous) * dirs[k]
                 previous = alpha
                 theirs_model.load_state_dict(weights)
-                texts, their_len = llm_landscape_generate(theirs_model, tok, prompts, args.their_batch, max_new)
-                v_theirs = judge.refused([], texts)
+                their_texts, their_len = llm_landscape_generate(theirs_model, tok, prompts, args.their_batch, max_new)
+                judge.refused([], their_texts)
                 times["theirs"][i].append(time.perf_counter() - start)
+                texts["theirs"][i], lengths["theirs"][i] = their_texts, sum(their_len) / len(prompts)
 
-                start = time.perf_counter()  # ours: set from the stored centre, batched early-stop generation
+                start = time.perf_counter()  # ours: set from the stored centre, drafts from the nearest done point
                 pert.set(alpha)
+                near = min(answers, key=lambda a: abs(a - alpha)) if answers else None
                 gens = generate(ours_model, tok, prompts, max_new_tokens=max_new, batch_size=args.our_batch,
-                                stop_when=judge.settled)  # fmt: skip
-                v_ours = judge.refused([], [g.text for g in gens])
+                                stop_when=judge.settled, drafts=answers.get(near))  # fmt: skip
+                judge.refused([], [g.text for g in gens])
                 times["ours"][i].append(time.perf_counter() - start)
+                answers[alpha] = [g.tokens for g in gens]
+                drafted[i] = sum(g.drafted for g in gens) / max(1, sum(g.new_tokens for g in gens))
 
-                start = time.perf_counter()  # ours without the early stop (what batching alone buys)
-                pert.set(alpha)
-                plain = generate(ours_model, tok, prompts, max_new_tokens=max_new, batch_size=args.our_batch)
-                v_plain = judge.refused([], [g.text for g in plain])
-                times["nostop"][i].append(time.perf_counter() - start)
-                verdicts.update({f"theirs{i}": v_theirs, f"ours{i}": v_ours, f"nostop{i}": v_plain})
-                lengths.update({f"theirs{i}": sum(their_len) / len(prompts),
-                                f"ours{i}": sum(g.new_tokens for g in gens) / len(prompts),
-                                f"nostop{i}": sum(g.new_tokens for g in plain) / len(prompts)})  # fmt: skip
+                for arm, stop in (("nodraft", judge.settled), ("nostop", None)):  # ours without drafts / early stop
+                    start = time.perf_counter()
+                    pert.set(alpha)
+                    plain = generate(ours_model, tok, prompts, max_new_tokens=max_new, batch_size=args.our_batch,
+                                     stop_when=stop)  # fmt: skip
+                    judge.refused([], [g.text for g in plain])
+                    times[arm][i].append(time.perf_counter() - start)
+                    texts[arm][i], lengths[arm][i] = (
+                        [g.text for g in plain],
+                        sum(g.new_tokens for g in plain) / len(prompts),
+                    )
+                texts["ours"][i], lengths["ours"][i] = (
+                    [g.text for g in gens],
+                    sum(g.new_tokens for g in gens) / len(prompts),
+                )
     rows = []
     for i, alpha in enumerate(alphas):
-        t_theirs, t_ours, t_plain = (min(times[arm][i]) for arm in ("theirs", "ours", "nostop"))
-        v_theirs, v_ours, v_plain = (verdicts[f"{arm}{i}"] for arm in ("theirs", "ours", "nostop"))
-        rows.append({"alpha": alpha, "theirs_s": t_theirs, "ours_s": t_ours, "nostop_s": t_plain,
-                     "speedup": t_theirs / t_ours, "all_s": {arm: times[arm][i] for arm in times},
-                     "refusals_theirs": sum(v_theirs), "refusals_ours": sum(v_ours),
-                     "mismatches": sum(x != y for x, y in zip(v_theirs, v_ours, strict=True)),
-                     "mismatches_nostop": sum(x != y for x, y in zip(v_theirs, v_plain, strict=True)),
-                     "new_tokens_theirs": lengths[f"theirs{i}"], "new_tokens_ours": lengths[f"ours{i}"],
-                     "new_tokens_nostop": lengths[f"nostop{i}"]})  # fmt: skip
-    theirs_s = sum(r["theirs_s"] for r in rows) / len(rows)
-    ours_s = sum(r["ours_s"] for r in rows) / len(rows)
+        best = {arm: min(times[arm][i]) for arm in arms}
+        verdicts = {arm: judge.refused([], texts[arm][i]) for arm in arms}
+        rows.append({"alpha": alpha, **{f"{arm}_s": best[arm] for arm in arms},
+                     "speedup": best["theirs"] / best["ours"], "all_s": {arm: times[arm][i] for arm in arms},
+                     "refusals_theirs": sum(verdicts["theirs"]), "refusals_ours": sum(verdicts["ours"]),
+                     **{f"mismatches_{arm}": sum(x != y for x, y in zip(verdicts["theirs"], verdicts[arm], strict=True))
+                        for arm in arms[1:]},
+                     "text_diffs_draft": sum(x != y for x, y in zip(texts["ours"][i], texts["nodraft"][i],
+                                                                    strict=True)),
+                     "drafted_share": drafted[i],
+                     **{f"new_tokens_{arm}": lengths[arm][i] for arm in arms}})  # fmt: skip
+    mean = {arm: sum(r[f"{arm}_s"] for r in rows) / len(rows) for arm in arms}
     res = {
         "prompts": len(prompts),
         "max_new_tokens": max_new,
@@ -578,35 +596,37 @@ def part3(args: argparse.Namespace, root: Path, world: World) -> dict[str, Any]:
         "state_dict_keys": len(dirs),
         "our_batch": args.our_batch,
         "points": rows,
-        "theirs_s_per_point": theirs_s,
-        "ours_s_per_point": ours_s,
-        "ours_nostop_s_per_point": sum(r["nostop_s"] for r in rows) / len(rows),
-        "speedup": theirs_s / ours_s,
-        "total_mismatches": sum(r["mismatches"] for r in rows),
+        **{f"{arm}_s_per_point": mean[arm] for arm in arms},
+        "speedup": mean["theirs"] / mean["ours"],
+        "speedup_nodraft": mean["theirs"] / mean["nodraft"],
+        "total_mismatches": sum(r["mismatches_ours"] for r in rows),
+        "total_text_diffs_draft": sum(r["text_diffs_draft"] for r in rows),
         "ours_restored": checksum(ours_model) == cs_ours,
     }
     print(
         f"\n[3] ASR landscape cost per point: {len(prompts)} toy harmful prompts (≤{res['max_prompt_tokens']} tokens),"
         f" max_new_tokens={max_new} (capped: prompt + new ≤ {theirs_model.config.max_position_embeddings}),"
-        f" one filter-normalised direction ({moved}/{len(dirs)} state_dict keys move; norms fixed)"
+        f" one filter-normalised direction ({moved}/{len(dirs)} state_dict keys move; norms fixed), {len(alphas)}"
+        f" points α ∈ [{-args.asr_radius}, {args.asr_radius}]"
     )
     print(
-        f"{'alpha':>6}{'llm-landscape s':>17}{'ours s':>9}{'speedup':>9}{'refusals':>12}{'mismatch':>10}"
-        f"{'new tok':>14}{'ours no-stop s':>16}{'mismatch':>10}   (refusals, new tok: theirs/ours; best of"
-        f" {args.asr_repeats})"
+        f"{'alpha':>6}{'llm-landscape s':>17}{'ours s':>9}{'speedup':>9}{'refusals':>10}{'mismatch':>10}"
+        f"{'drafted':>9}{'new tok':>13}{'no-draft s':>12}{'no-stop s':>11}{'mismatch':>10}   (refusals, new tok:"
+        f" theirs/ours; mismatch: verdicts vs theirs, ours / no-stop; best of {args.asr_repeats})"
     )
     for r in rows:
         print(
             f"{r['alpha']:>6g}{r['theirs_s']:>17.3f}{r['ours_s']:>9.3f}{r['speedup']:>8.1f}x"
-            f"{r['refusals_theirs']:>6}/{r['refusals_ours']:<5}{r['mismatches']:>10}"
-            f"{r['new_tokens_theirs']:>8.1f}/{r['new_tokens_ours']:<5.1f}{r['nostop_s']:>16.3f}"
+            f"{r['refusals_theirs']:>5}/{r['refusals_ours']:<4}{r['mismatches_ours']:>10}{r['drafted_share']:>8.0%} "
+            f"{r['new_tokens_theirs']:>7.1f}/{r['new_tokens_ours']:<5.1f}{r['nodraft_s']:>12.3f}{r['nostop_s']:>11.3f}"
             f"{r['mismatches_nostop']:>10}"
         )
     print(
-        f"mean s/point: llm-landscape recipe {theirs_s:.3f}, ours {ours_s:.3f} → {res['speedup']:.1f}x (goal ≥ 10x);"
-        f" ours without early stop {res['ours_nostop_s_per_point']:.3f};"
-        f" verdict mismatches {res['total_mismatches']}/{len(prompts) * len(rows)};"
-        f" ours restored the weights: {res['ours_restored']}"
+        f"mean s/point: llm-landscape recipe {mean['theirs']:.3f}, ours {mean['ours']:.3f} → {res['speedup']:.1f}x"
+        f" (goal ≥ 10x); ours without drafts {mean['nodraft']:.3f} ({res['speedup_nodraft']:.1f}x), without drafts or"
+        f" early stop {mean['nostop']:.3f}; verdict mismatches {res['total_mismatches']}/{len(prompts) * len(rows)};"
+        f" answers changed by drafts {res['total_text_diffs_draft']}; ours restored the weights:"
+        f" {res['ours_restored']}"
     )
     return res
 
@@ -633,7 +653,8 @@ def main() -> None:
     ap.add_argument("--big-seq", type=int, default=128)
     ap.add_argument("--big-batches", type=int, default=3)
     ap.add_argument("--asr-prompts", type=int, default=40)
-    ap.add_argument("--asr-alphas", default="0,0.25,0.5")
+    ap.add_argument("--asr-points", type=int, default=21, help="[3] grid points (llm-landscape: 21)")
+    ap.add_argument("--asr-radius", type=float, default=0.5, help="[3] α ∈ [-radius, radius] (llm-landscape: 0.5)")
     ap.add_argument("--asr-repeats", type=int, default=3, help="[3] interleaved sweeps; best time per point")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--their-batch", type=int, default=4)

@@ -30,6 +30,9 @@ class LandscapeSettings:
     repeats: int = 1  # random mode: independent direction sets (CI bands and radius CI)
     metrics: list[str] = field(default_factory=lambda: ["safety_loss", "utility_loss"])
     asr_limit: int | None = 32  # harmful prompts generated per point when "asr" is a metric
+    # generated metrics (asr, over_refusal, utility_acc): check the nearest computed point's answers as drafts in up
+    # to this many forward passes before decoding the rest token by token (0: off; 1 on a CPU with a large model)
+    draft_rounds: int = 8
     # interpolate: [B]; plane: [B, C] — model dirs, .safetensors files, or toy:base / toy:aligned
     targets: list[str] = field(default_factory=list)
     overlay: list[str] = field(default_factory=list)  # weights to project onto the plane and mark on the figures
@@ -77,6 +80,8 @@ def validate_landscape(cfg: LandscapeAppConfig) -> None:
         errors.append(f"landscape.radius: must be > 0, got {s.radius}")
     if len(s.span) != 2 or not s.span[0] < 0 < s.span[1]:
         errors.append(f"landscape.span: must be [low < 0, high > 0], got {list(s.span)}")
+    if s.draft_rounds < 0:
+        errors.append(f"landscape.draft_rounds: must be >= 0, got {s.draft_rounds}")
     if s.repeats < 1:
         errors.append(f"landscape.repeats: must be >= 1, got {s.repeats}")
     need = {"random": 0, "interpolate": 1, "plane": 2}.get(s.mode, 0)

@@ -81,6 +81,25 @@ def _pick(spec: str, state: dict[str, torch.Tensor], names: list[str], centre: l
     return [state[n].detach().to(c) if n in state else c.clone() for n, c in zip(names, centre, strict=True)]
 
 
+class DraftBook:
+    """Generated answers of the most recently computed points, to draft the next point's answers from its nearest
+    computed neighbour in the same direction set (token lists; at most `keep` points are held)."""
+
+    def __init__(self, keep: int = 64) -> None:
+        self.keep = keep
+        self.points: dict[tuple[int, float, float], dict[str, list[list[int]]]] = {}
+
+    def add(self, repeat: int, x: float, y: float, tokens: dict[str, list[list[int]]]) -> None:
+        self.points[(repeat, x, y)] = tokens
+        while len(self.points) > self.keep:
+            del self.points[next(iter(self.points))]  # dicts keep insertion order: drop the oldest
+
+    def nearest(self, repeat: int, x: float, y: float) -> dict[str, list[list[int]]] | None:
+        near = [(((px - x) ** 2 + (py - y) ** 2), key) for key in self.points if key[0] == repeat
+                for px, py in [key[1:]]]  # fmt: skip
+        return self.points[min(near)[1]] if near else None
+
+
 def project(point: list[torch.Tensor], centre: list[torch.Tensor], d1: list[torch.Tensor], d2: list[torch.Tensor]):
     """Least-squares coordinates (α, β) of point − centre in span{d1, d2}, and the relative residual."""
     diff = D.difference(centre, point)
@@ -176,19 +195,32 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
                 index = (r * len(xs) + i) * len(ys) + j
                 if key not in done and index % s.workers == s.worker:
                     todo.append((key, r, i, j, float(a), float(b)))
+    todo.sort(key=lambda t: (t[1], t[4] ** 2 + t[5] ** 2))  # centre outwards: each point has a computed neighbour
     if s.max_points is not None:
         todo = todo[: s.max_points]
     log.info("%d point(s) to compute, %d already done", len(todo), len(done))
+    answers = DraftBook() if s.draft_rounds > 0 else None
+    scorer.draft_rounds = s.draft_rounds
+    tokens = {"new": 0, "drafted": 0}  # how much of the generated answers came from verified drafts
     start = time.perf_counter()
     with Perturbation(params, sets_of_dirs[0]) as pert:
         for key, r, i, j, a, b in tqdm(todo, desc="landscape", disable=not progress):
             pert.directions = sets_of_dirs[r]
             pert.set(*([a, b] if len(sets_of_dirs[r]) == 2 else [a]))
-            metrics = scorer.score(model, s.metrics).metrics
+            scored = scorer.score(model, s.metrics, drafts=answers.nearest(r, a, b) if answers else None)
+            metrics = scored.metrics
+            for g in scored.generations:
+                tokens["new"] += g.get("new_tokens", 0)
+                tokens["drafted"] += g.get("drafted", 0)
+            if answers is not None and scored.tokens:
+                answers.add(r, a, b, scored.tokens)
             store.append({"key": key, "repeat": r, "i": i, "j": j, "x": a, "y": b,
                           **{m: metrics[m] for m in s.metrics}})  # fmt: skip
     manifest["seconds"] = time.perf_counter() - start
     manifest["points_computed_now"] = len(todo)
+    if tokens["new"]:
+        manifest["drafted_share"] = tokens["drafted"] / tokens["new"]
+        log.info("%.0f%% of the generated tokens came from drafts", 100 * manifest["drafted_share"])
 
     done = store.done()
     total = len(sets_of_dirs) * len(xs) * len(ys)

@@ -91,8 +91,9 @@ def load_base_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTr
     model.to(resolve_device(cfg.device))
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # transformers 5.2x: "activation checkpointing"
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
         model.config.use_cache = False
     return model, tok
 

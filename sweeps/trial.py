@@ -144,7 +144,7 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         metrics.update(scored.metrics)
         generations += [{**g, "weights": metrics["eval_weights"]} for g in scored.generations]
         if cfg.eval.also_live and swapped:
-            live = scorer.score(model, progress=progress)
+            live = scorer.score(model, progress=progress, drafts=scored.tokens)  # the EMA's answers as drafts
             metrics.update({f"live/{k}": v for k, v in live.metrics.items()})
             generations += [{**g, "weights": "live"} for g in live.generations]
         if cfg.output.save_final:

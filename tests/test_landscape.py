@@ -149,6 +149,27 @@ def test_origin_reproduces_centre_metrics_and_resume_is_identical(tmp_path, toy_
     assert manifest["excluded"] and all("norm" in n or "bias" in n for n in manifest["excluded"])
 
 
+def test_drafts_change_no_verdict_and_come_from_the_nearest_point(tmp_path, toy_root) -> None:
+    from landscape.run import DraftBook
+
+    args = ["landscape.dims=1", "landscape.points=11", "landscape.radius=0.5", "landscape.metrics=[asr]",
+            "landscape.asr_limit=40"]  # fmt: skip
+    run_landscape(_cfg(*args), tmp_path / "drafts", progress=False)
+    run_landscape(_cfg(*args, "landscape.draft_rounds=0"), tmp_path / "plain", progress=False)
+    a, b = pd.read_csv(tmp_path / "drafts" / "points.csv"), pd.read_csv(tmp_path / "plain" / "points.csv")
+    pd.testing.assert_frame_equal(a, b)
+    assert a.asr.min() == 0 and a.asr.max() > 0.5, "test needs points that refuse and points that comply"
+    share = [json.loads((tmp_path / d / "manifest.json").read_text())["drafted_share"] for d in ("drafts", "plain")]
+    assert share[0] > 0.5 and share[1] == 0
+
+    book = DraftBook(keep=2)
+    book.add(0, 0.0, 0.0, {"harmful": [[1]]})
+    book.add(0, 0.1, 0.0, {"harmful": [[2]]})
+    book.add(1, 0.2, 0.0, {"harmful": [[3]]})  # over `keep`: the oldest point is dropped
+    assert book.nearest(0, 0.3, 0.0) == {"harmful": [[2]]} and book.nearest(0, -0.1, 0.0) == {"harmful": [[2]]}
+    assert book.nearest(1, 0.0, 0.0) == {"harmful": [[3]]} and book.nearest(2, 0.0, 0.0) is None
+
+
 @pytest.mark.slow
 def test_cli_2d_run_writes_table_manifest_and_figures(tmp_path, toy_root) -> None:
     out = tmp_path / "ls"

@@ -71,3 +71,25 @@ def test_bfloat16_trial_steps_run(toy_root, toy_world) -> None:
     result = train(model, data, OptimConfig(lr=1e-3, batch_size=4, max_steps=2), MethodStack([EMA(eta=0.5)]),
                    pad_id=tok.pad_token_id, progress=False)  # fmt: skip
     assert result.status == "completed" and all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(toy_root, toy_world) -> None:
+    fmt = None
+    finals = []
+    for checkpointing in (False, True):
+        model, tok = load_model(ModelConfig(device="cpu", gradient_checkpointing=checkpointing),
+                                str(toy_root / "aligned"))  # fmt: skip
+        on = getattr(model, "is_activation_checkpointing", None)
+        assert (on if on is not None else model.is_gradient_checkpointing) == checkpointing
+        fmt = fmt or PromptFormatter(tok)
+        data = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("user_train", toy_world)[:16]]
+        torch.manual_seed(0)
+        result = train(model, data, OptimConfig(lr=1e-3, batch_size=4, max_steps=3), MethodStack([]),
+                       pad_id=tok.pad_token_id, progress=False)  # fmt: skip
+        assert result.status == "completed"
+        finals.append((result.losses, [p.detach().clone() for p in model.parameters()]))
+    (loss_a, weights_a), (loss_b, weights_b) = finals
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(weights_a, weights_b, strict=True))
+    assert any(not torch.equal(a, w) for a, w in zip(weights_a, load_model(ModelConfig(device="cpu"),
+               str(toy_root / "aligned"))[0].parameters(), strict=True))  # training moved the weights  # fmt: skip

@@ -96,8 +96,9 @@ def test_sst2_labels_become_words_inside_the_prompt_format() -> None:
     assert {e.response for e in examples} == {"negative", "positive"} and {e.answer for e in examples} == {
         "negative", "positive"}  # fmt: skip
     first = examples[0]
-    assert first.prompt.startswith("Analyze the sentiment") and first.prompt.endswith("it 's a charming and often "
-                                                                                      "affecting journey . ")
+    assert first.prompt.startswith("Analyze the sentiment") and first.prompt.endswith(
+        "it 's a charming and often affecting journey . "
+    )
 
 
 def test_refusal_split_is_disjoint_and_benign_answers_reach_into_nested_json() -> None:
@@ -244,19 +245,34 @@ def test_align_cli_builds_and_reports_the_folder(tmp_path, toy_root) -> None:
     assert info["steps"] == 2 and info["n_refusal"] == 6 and info["base"].endswith("aligned")
 
 
+def _fake_run(folder: Path, asr_verdicts: list[bool], eta: float = 0.25, **metrics) -> None:
+    folder.mkdir(parents=True)
+    base = {
+        "status": "completed",
+        "asr": sum(asr_verdicts) / len(asr_verdicts),
+        "over_refusal": 0.1,
+        "utility_acc": 0.8,
+        "safety_loss": 1.0,
+        "compliance_loss": 2.0,
+        "utility_loss": 0.5,
+        "steps": 10,
+        "lr": 1e-4,
+        "batch_size": 4,
+        "grad_accum": 2,
+        "effective_batch_size": 8,
+        "wall_time_s": 60.0,
+    }
+    (folder / "metrics.json").write_text(json.dumps({**base, **metrics}))
+    (folder / "config.yaml").write_text(f"method:\n  ema:\n    eta: {eta}\n")
+    (folder / "generations.jsonl").write_text(
+        "".join(json.dumps({"set": "harmful", "attack_success": v, "weights": "live"}) + "\n" for v in asr_verdicts)
+    )
+
+
 def test_study_summary_table_has_every_run_with_bootstrap_ci(tmp_path) -> None:
     from analysis.smollm2_study import summarise
 
-    def run(folder: Path, asr_verdicts: list[bool], **metrics) -> None:
-        folder.mkdir(parents=True)
-        base = {"status": "completed", "asr": sum(asr_verdicts) / len(asr_verdicts), "over_refusal": 0.1,
-                "utility_acc": 0.8, "safety_loss": 1.0, "compliance_loss": 2.0, "utility_loss": 0.5, "steps": 10,
-                "lr": 1e-4, "batch_size": 4, "grad_accum": 2, "effective_batch_size": 8, "wall_time_s": 60.0}
-        (folder / "metrics.json").write_text(json.dumps({**base, **metrics}))
-        (folder / "config.yaml").write_text("method:\n  ema:\n    eta: 0.25\n")
-        (folder / "generations.jsonl").write_text("".join(
-            json.dumps({"set": "harmful", "attack_success": v, "weights": "live"}) + "\n" for v in asr_verdicts))
-
+    run = _fake_run
     out, sweep = tmp_path / "report", tmp_path / "multirun"
     run(out / "aligned", [False] * 20, steps=0)
     run(sweep / "0", [True] * 10 + [False] * 10)
@@ -269,3 +285,23 @@ def test_study_summary_table_has_every_run_with_bootstrap_ci(tmp_path) -> None:
     table = (out / "summary.md").read_text().splitlines()
     assert len(table) == 2 + 3 and "| θ_aligned | – | – | – | 0 | 0.00 [0.00, 0.00] |" in table[2]
     assert (out / "summary.csv").is_file()
+
+
+def test_seed_table_pools_each_recipe_over_seeds(tmp_path) -> None:
+    from analysis.smollm2_study import summarise, summarise_seeds
+
+    per_seed = {}
+    for seed, hits in ((0, 4), (1, 8), (2, 6)):
+        sweep = tmp_path / f"multirun{seed}"
+        _fake_run(sweep / "0", [True] * hits + [False] * (20 - hits))  # reference recipe: ASR 0.2 / 0.4 / 0.3
+        _fake_run(sweep / "1", [True] * seed + [False] * (20 - seed), eta=1.0, lr=1e-5)  # gentler lr
+        _fake_run(sweep / "2", [False] * 20, status="failed")  # a failed trial is not pooled
+        per_seed[seed] = summarise(tmp_path / f"out{seed}", sweep)
+    table = summarise_seeds(tmp_path, per_seed).set_index(["lr", "ema_eta"])
+    ref, gentle = table.loc[(1e-4, 0.25)], table.loc[(1e-5, 1.0)]
+    assert ref["seeds"] == 3 and ref["asr_mean"] == pytest.approx(0.3)
+    assert (ref["asr_min"], ref["asr_max"]) == (0.2, 0.4)
+    assert gentle["asr_mean"] == pytest.approx(0.05) and gentle["asr_max"] == pytest.approx(0.1)
+    assert len(table) == 2
+    lines = (tmp_path / "seeds.md").read_text().splitlines()
+    assert len(lines) == 4 and "| 1.0e-04 | 4 × 2 | 0.25 | 3 | 0.300 [0.200, 0.400] |" in lines[2] + lines[3]

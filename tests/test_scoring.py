@@ -70,6 +70,34 @@ def test_batched_left_padded_generation_matches_one_by_one(aligned, toy_world) -
     assert [g.text for g in batched] == [g.text for g in single]
 
 
+def test_drafts_give_plain_greedy_answers_and_skip_the_verified_part(aligned, toy_world) -> None:
+    model, tok = aligned
+    prompts = _prompts(tok, toy_world, "harmful", 8) + _prompts(tok, toy_world, "user_eval", 8)
+    judge = KeywordJudge("gcg")
+    for stop in (None, judge.settled):
+        plain = generate(model, tok, prompts, max_new_tokens=20, batch_size=6, stop_when=stop)
+        assert all(g.drafted == 0 and len(g.tokens) == g.new_tokens for g in plain)
+        # exact drafts: every answer is confirmed by one forward pass, nothing is decoded step by step
+        own = generate(model, tok, prompts, max_new_tokens=20, batch_size=6, stop_when=stop,
+                       drafts=[g.tokens for g in plain])  # fmt: skip
+        same = [(g.text, g.tokens, g.stopped_early) for g in plain]
+        assert [(g.text, g.tokens, g.stopped_early) for g in own] == same
+        assert all(g.drafted == g.new_tokens for g in own)
+        # half-right drafts (then junk): the right half + one token are kept, the rest is decoded as usual
+        junk = tok.encode(" zebra zebra zebra", add_special_tokens=False)
+        half = [g.tokens[: len(g.tokens) // 2] + junk for g in plain]
+        mixed = generate(model, tok, prompts, max_new_tokens=20, batch_size=6, stop_when=stop, drafts=half)
+        assert [(g.text, g.tokens, g.stopped_early) for g in mixed] == same
+        assert any(0 < g.drafted < g.new_tokens for g in mixed)
+        assert all(g.drafted >= len(p.tokens) // 2 for g, p in zip(mixed, plain, strict=True))
+        # empty and too-long drafts change nothing either
+        odd = generate(model, tok, prompts, max_new_tokens=20, batch_size=6, stop_when=stop,
+                       drafts=[[] if i % 2 else g.tokens + junk * 10 for i, g in enumerate(plain)])  # fmt: skip
+        assert [g.tokens for g in odd] == [g.tokens for g in plain]
+    with pytest.raises(ValueError, match="2 drafts for 16 prompts"):
+        generate(model, tok, prompts, max_new_tokens=4, batch_size=6, drafts=[[], []])
+
+
 def test_nll_ignores_prompt_tokens_and_matches_manual(aligned, toy_world) -> None:
     model, tok = aligned
     fmt = PromptFormatter(tok)

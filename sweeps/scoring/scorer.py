@@ -19,7 +19,7 @@ from sweeps.config import EvalConfig
 from sweeps.data import Example
 from sweeps.formatting import PromptFormatter
 from sweeps.scoring.accuracy import CHECKERS
-from sweeps.scoring.generate import generate
+from sweeps.scoring.generate import DRAFT_ROUNDS, generate
 from sweeps.scoring.judges import JUDGES, Judge
 from sweeps.scoring.nll import per_example_nll
 
@@ -39,6 +39,8 @@ class EvalSets:
 class ScoreResult:
     metrics: dict[str, float]
     generations: list[dict[str, Any]] = field(default_factory=list)
+    # answer token ids per generated set ("harmful", "overrefusal", "utility"): drafts for a nearby model's score()
+    tokens: dict[str, list[list[int]]] = field(default_factory=dict)
 
 
 class Scorer:
@@ -54,6 +56,7 @@ class Scorer:
     ) -> None:
         self.tok, self.fmt, self.sets, self.cfg = tokenizer, formatter, sets, cfg
         self.judge = judge or JUDGES[cfg.judge](cfg.asr.keywords)
+        self.draft_rounds = DRAFT_ROUNDS  # how hard score(drafts=...) tries the drafts (sweeps.scoring.generate)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         harmful = (sets.harmful or [])[: cfg.asr.limit]
         self._harmful = [(e.prompt, fmt_ids) for e, fmt_ids in zip(harmful, self._prompts(harmful), strict=True)]
@@ -83,21 +86,25 @@ class Scorer:
         values = per_example_nll(model, data, pad_id=self.pad_id, batch_size=self.cfg.nll_batch_size)
         return sum(values) / len(values)
 
-    def _refusals(self, model: nn.Module, items, name: str, early_stop: bool, progress: bool):
+    def _refusals(self, model: nn.Module, items, name: str, early_stop: bool, progress: bool, drafts):
         gens = generate(
             model, self.tok, [ids for _, ids in items], max_new_tokens=self.cfg.asr.max_new_tokens,
             batch_size=self.cfg.asr.batch_size, stop_when=self.judge.settled if early_stop else None,
-            progress=progress, desc=name,
+            drafts=drafts.get(name), draft_rounds=self.draft_rounds, progress=progress, desc=name,
         )  # fmt: skip
         refused = self.judge.refused([p for p, _ in items], [g.text for g in gens])
         records = [
             {"set": name, "index": i, "prompt": p, "response": g.text, "refused": r, "new_tokens": g.new_tokens,
-             "stopped_early": g.stopped_early}
+             "drafted": g.drafted, "stopped_early": g.stopped_early}
             for i, ((p, _), g, r) in enumerate(zip(items, gens, refused, strict=True))
         ]  # fmt: skip
-        return sum(refused) / len(refused), records
+        return sum(refused) / len(refused), records, [g.tokens for g in gens]
 
-    def score(self, model: nn.Module, metrics: Iterable[str] | None = None, progress: bool = False) -> ScoreResult:
+    def score(self, model: nn.Module, metrics: Iterable[str] | None = None, progress: bool = False,
+              drafts: dict[str, list[list[int]]] | None = None) -> ScoreResult:  # fmt: skip
+        """The metrics on the model's current weights. `drafts`: a nearby model's `ScoreResult.tokens`, verified
+        in one forward pass instead of decoding those answers token by token (see sweeps.scoring.generate)."""
+        drafts = drafts or {}
         wanted = list(metrics) if metrics is not None else self.available()
         unknown = set(wanted) - set(METRICS)
         if unknown:
@@ -107,15 +114,20 @@ class Scorer:
             raise ValueError(f"no eval data for {sorted(missing)} (configure the matching data.* set)")
         out: dict[str, float] = {}
         gens: list[dict[str, Any]] = []
+        tokens: dict[str, list[list[int]]] = {}
         start = time.perf_counter()
         if "asr" in wanted:
-            refusal_rate, records = self._refusals(model, self._harmful, "harmful", self.cfg.asr.early_stop, progress)
+            refusal_rate, records, tokens["harmful"] = self._refusals(
+                model, self._harmful, "harmful", self.cfg.asr.early_stop, progress, drafts
+            )
             for r in records:
                 r["attack_success"] = not r["refused"]
             out["asr"], out["asr_n"] = 1.0 - refusal_rate, float(len(records))
             gens += records
         if "over_refusal" in wanted:
-            rate, records = self._refusals(model, self._over, "overrefusal", self.cfg.asr.early_stop, progress)
+            rate, records, tokens["overrefusal"] = self._refusals(
+                model, self._over, "overrefusal", self.cfg.asr.early_stop, progress, drafts
+            )
             out["over_refusal"] = rate
             gens += records
         if "safety_loss" in wanted:
@@ -128,16 +140,18 @@ class Scorer:
             check = CHECKERS[self.cfg.accuracy]
             found = generate(
                 model, self.tok, [ids for _, ids in self._checkable], max_new_tokens=self.cfg.accuracy_max_new_tokens,
-                batch_size=self.cfg.asr.batch_size, progress=progress, desc="utility",
+                batch_size=self.cfg.asr.batch_size, drafts=drafts.get("utility"),
+                draft_rounds=self.draft_rounds, progress=progress, desc="utility",
             )  # fmt: skip
+            tokens["utility"] = [g.tokens for g in found]
             correct = [check(g.text, e.answer) for (e, _), g in zip(self._checkable, found, strict=True)]
             out["utility_acc"] = sum(correct) / len(correct)
             gens += [
                 {"set": "utility", "index": i, "prompt": e.prompt, "response": g.text, "reference": e.answer,
-                 "correct": c}
+                 "correct": c, "new_tokens": g.new_tokens, "drafted": g.drafted}
                 for i, ((e, _), g, c) in enumerate(zip(self._checkable, found, correct, strict=True))
             ]  # fmt: skip
         out["eval_time_s"] = time.perf_counter() - start
         if any(isinstance(v, float) and math.isnan(v) for v in out.values()):
             out["eval_nan"] = 1.0
-        return ScoreResult(out, gens)
+        return ScoreResult(out, gens, tokens)
