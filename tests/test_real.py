@@ -10,6 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -305,3 +306,20 @@ def test_seed_table_pools_each_recipe_over_seeds(tmp_path) -> None:
     assert len(table) == 2
     lines = (tmp_path / "seeds.md").read_text().splitlines()
     assert len(lines) == 4 and "| 1.0e-04 | 4 × 2 | 0.25 | 3 | 0.300 [0.200, 0.400] |" in lines[2] + lines[3]
+
+
+def test_study_driver_runs_one_sweep_per_seed_and_pools_them(tmp_path, monkeypatch) -> None:
+    import analysis.smollm2_study as study
+
+    commands: list[list[str]] = []
+    monkeypatch.setattr(study, "_run", lambda args: commands.append(args[1:]))  # record the stages, run none
+    monkeypatch.setattr(study, "_check_prerequisites", lambda: None)
+    monkeypatch.chdir(tmp_path)
+    _fake_run(Path("multirun/smollm2_gsm8k/0"), [True] * 6 + [False] * 4)
+    _fake_run(Path("multirun/smollm2_gsm8k_seed1/0"), [True] * 8 + [False] * 2)
+    study.main(["--space", "smollm2_gsm8k", "--seeds", "0", "1", "--skip", "base", "landscape", "report"])
+    sweeps = [c for c in commands if "-m" in c[2:]]
+    assert [c for c in sweeps[0] if c.startswith(("seed=", "hydra.sweeper.study_name="))] == []
+    assert {"seed=1", "hydra.sweeper.study_name=smollm2_gsm8k_seed1"} <= set(sweeps[1]) and len(sweeps) == 2
+    pooled = pd.read_csv("reports/smollm2_gsm8k/seeds.csv")
+    assert len(pooled) == 1 and pooled.loc[0, "seeds"] == 2 and pooled.loc[0, "asr_mean"] == pytest.approx(0.7)
