@@ -98,6 +98,29 @@ def test_drafts_give_plain_greedy_answers_and_skip_the_verified_part(aligned, to
         generate(model, tok, prompts, max_new_tokens=4, batch_size=6, drafts=[[], []])
 
 
+def test_drafts_checked_a_few_rows_at_a_time_and_with_extra_end_tokens(aligned, toy_world, monkeypatch) -> None:
+    import sweeps.scoring.generate as G
+
+    model, tok = aligned
+    prompts = _prompts(tok, toy_world, "harmful", 6) + _prompts(tok, toy_world, "user_eval", 6)
+    plain = generate(model, tok, prompts, max_new_tokens=20, batch_size=12)
+    junk = tok.encode(" zebra zebra zebra", add_special_tokens=False)
+    drafts = [[] if i % 3 == 0 else g.tokens[: len(g.tokens) // 2] + junk * 5 for i, g in enumerate(plain)]
+    monkeypatch.setattr(G, "VERIFY_LOGIT_BUDGET", 1)  # one row per verification pass: short rows beside long drafts
+    assert [g.tokens for g in generate(model, tok, prompts, max_new_tokens=20, batch_size=12, drafts=drafts)] == [
+        g.tokens for g in plain]  # fmt: skip
+    monkeypatch.undo()
+    # a model whose generation_config lists a second end token: answers end there with drafts too
+    stop_token = next(t for g in plain for t in g.tokens[1:-1] if t != tok.eos_token_id)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", [tok.eos_token_id, stop_token])
+    ended = generate(model, tok, prompts, max_new_tokens=20, batch_size=12)
+    assert any(g.tokens and g.tokens[-1] == stop_token for g in ended)
+    again = generate(model, tok, prompts, max_new_tokens=20, batch_size=12, drafts=[g.tokens for g in plain])
+    assert [g.tokens for g in again] == [g.tokens for g in ended]
+    assert all(g.drafted < g.new_tokens or g.new_tokens == 0 for g in generate(
+        model, tok, prompts, max_new_tokens=20, batch_size=12, drafts=[[] for _ in prompts]))  # fmt: skip
+
+
 def test_nll_ignores_prompt_tokens_and_matches_manual(aligned, toy_world) -> None:
     model, tok = aligned
     fmt = PromptFormatter(tok)

@@ -42,9 +42,9 @@ class _StopWhen(StoppingCriteria):
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, width: int, answered: list[int], budgets: list[int],
-                 stop_when: Callable[[str], bool] | None):  # fmt: skip
+                 stop_when: Callable[[str], bool] | None, end_ids: set[int]):  # fmt: skip
         self.tokenizer, self.width, self.answered, self.budgets = tokenizer, width, answered, budgets
-        self.stop_when = stop_when
+        self.stop_when, self.end_ids = stop_when, end_ids
         self.fired_at: list[int | None] = [None] * len(answered)  # new tokens when `stop_when` fired
         self.done = torch.zeros(len(answered), dtype=torch.bool)
 
@@ -52,6 +52,9 @@ class _StopWhen(StoppingCriteria):
         steps = input_ids.shape[1] - self.width
         for row in range(input_ids.shape[0]):
             if self.done[row]:
+                continue
+            if int(input_ids[row, -1]) in self.end_ids:  # finished at an end token: HF pads it from here on
+                self.done[row] = True
                 continue
             if self.stop_when is not None:
                 answer = input_ids[row, self.width - self.answered[row] :]
@@ -63,6 +66,15 @@ class _StopWhen(StoppingCriteria):
             if steps >= self.budgets[row]:
                 self.done[row] = True
         return self.done.to(input_ids.device).clone()
+
+
+def _end_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Every token id that ends an answer: the tokenizer's EOS and all of the model's generation_config EOS ids."""
+    ends = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None) if config is not None else None
+    ends.update([extra] if isinstance(extra, int) else list(extra or []))
+    return ends
 
 
 def _left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +92,7 @@ def _decode_rows(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[list[int]],
     answered: Sequence[list[int]],
+    drafted: Sequence[int],
     *,
     max_new_tokens: int,
     batch_size: int,
@@ -90,7 +103,7 @@ def _decode_rows(
     """Greedy decoding of each prompt's answer, continuing after the `answered` tokens it already has."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_id = tokenizer.eos_token_id
+    end_ids = _end_ids(model, tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(answered[i]))
     out: list[Generation | None] = [None] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
@@ -100,7 +113,7 @@ def _decode_rows(
         budgets = [max_new_tokens - len(answered[i]) for i in idx]
         criteria = None
         if stop_when is not None or any(answered[i] for i in idx):
-            criteria = _StopWhen(tokenizer, width, [len(answered[i]) for i in idx], budgets, stop_when)
+            criteria = _StopWhen(tokenizer, width, [len(answered[i]) for i in idx], budgets, stop_when, end_ids)
         seqs = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max(budgets),
             do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad_id,
@@ -110,21 +123,14 @@ def _decode_rows(
         new = seqs[:, width:].tolist()
         for row, i in enumerate(idx):
             fired_at = criteria.fired_at[row] if criteria is not None else None
-            tokens = new[row][: budgets[row]]
-            n = len(tokens)  # HF pads rows that finished (EOS, early stop or budget) until the batch is done
+            tokens = new[row][: budgets[row]]  # HF pads rows that finished (end token, early stop, budget)
             if fired_at is not None:
                 n = fired_at
             else:
-                for j, t in enumerate(tokens):
-                    if t == eos_id:
-                        n = j + 1
-                        break
-                    if t == pad_id:
-                        n = j
-                        break
+                n = next((j + 1 for j, t in enumerate(tokens) if t in end_ids), len(tokens))
             answer = answered[i] + tokens[:n]
             text = tokenizer.decode(answer, skip_special_tokens=True).strip()
-            out[i] = Generation(text, len(answer), fired_at is not None, answer, drafted=len(answered[i]))
+            out[i] = Generation(text, len(answer), fired_at is not None, answer, drafted=drafted[i])
     return out  # type: ignore[return-value]
 
 
@@ -148,7 +154,7 @@ def _verify(
     batch_size: int,
     stop_when: Callable[[str], bool] | None,
     rounds: int = DRAFT_ROUNDS,
-) -> tuple[list[Generation | None], list[list[int]]]:
+) -> tuple[list[Generation | None], list[list[int]], list[int]]:
     """Check the drafts → finished generations, and the accepted answer tokens of the rest.
 
     Round 1 checks each whole draft. Where an answer leaves its draft, later rounds look the answer's last tokens up
@@ -157,10 +163,11 @@ def _verify(
     accepts none of its proposal or no lookup matches.
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_id = tokenizer.eos_token_id
+    end_ids = _end_ids(model, tokenizer)
     drafts = [list(d[:max_new_tokens]) for d in drafts]
     finished: list[Generation | None] = [None] * len(prompts)
     accepted: list[list[int]] = [[] for _ in prompts]
+    drafted = [0] * len(prompts)  # accepted tokens that came from proposals (not the free greedy token per check)
     proposals = dict(enumerate(drafts))
     pool = _Lookup([t for d in drafts for t in [*d, -1]])  # every draft, -1 between them so no match spans two
     for round_ in range(rounds):
@@ -171,13 +178,15 @@ def _verify(
                         batch_size)  # fmt: skip
         proposals = {}
         for i, new in zip(rows, gained, strict=True):
-            finished[i], accepted[i] = _settle(tokenizer, accepted[i] + new, eos_id, max_new_tokens, stop_when)
+            drafted[i] += len(new) - 1
+            finished[i], accepted[i] = _settle(tokenizer, accepted[i] + new, end_ids, max_new_tokens, stop_when,
+                                               drafted[i])  # fmt: skip
             if finished[i] is None and (round_ == 0 or len(new) > 1):
                 limit = max_new_tokens - len(accepted[i])
                 follow = _Lookup(drafts[i]).follow(accepted[i], limit) or pool.follow(accepted[i], limit)
                 if follow:
                     proposals[i] = follow
-    return finished, accepted
+    return finished, accepted, drafted
 
 
 class _Lookup:
@@ -217,21 +226,22 @@ def _check(model: nn.Module, pad_id: int, prefixes: list[list[int]], proposals: 
         for sub in range(0, len(batch), rows_per_pass):
             idx = batch[sub : sub + rows_per_pass]
             ids, mask = _left_pad([prefixes[i] + proposals[i] for i in idx], pad_id)
-            predicted = _logits_last(model, ids.to(device), mask.to(device), keep).argmax(-1).tolist()
+            sub_keep = max(len(proposals[i]) for i in idx) + 1  # ≤ the padded width (a prefix has ≥ 1 token)
+            predicted = _logits_last(model, ids.to(device), mask.to(device), sub_keep).argmax(-1).tolist()
             for row, i in enumerate(idx):
                 proposal = proposals[i]
-                greedy = predicted[row][keep - len(proposal) - 1 :]  # greedy[k]: next token after proposal[:k]
+                greedy = predicted[row][-(len(proposal) + 1) :]  # greedy[k]: the next token after proposal[:k]
                 agree = next((k for k, (d, g) in enumerate(zip(proposal, greedy, strict=False)) if d != g),
                              len(proposal))  # fmt: skip
                 out[i] = [*proposal[:agree], greedy[agree]]
     return out
 
 
-def _settle(tokenizer: PreTrainedTokenizerBase, tokens: list[int], eos_id: int | None, max_new_tokens: int,
-            stop_when: Callable[[str], bool] | None) -> tuple[Generation | None, list[int]]:  # fmt: skip
+def _settle(tokenizer: PreTrainedTokenizerBase, tokens: list[int], end_ids: set[int], max_new_tokens: int,
+            stop_when: Callable[[str], bool] | None, drafted: int) -> tuple[Generation | None, list[int]]:  # fmt: skip
     """Where greedy decoding of these verified tokens would have ended (EOS, early stop, budget), if it did."""
     tokens = tokens[:max_new_tokens]
-    end = next((j + 1 for j, t in enumerate(tokens) if t == eos_id), None)
+    end = next((j + 1 for j, t in enumerate(tokens) if t in end_ids), None)
     tokens = tokens[:end]
 
     def decode(n: int) -> str:
@@ -242,9 +252,10 @@ def _settle(tokenizer: PreTrainedTokenizerBase, tokens: list[int], eos_id: int |
         while lo < hi:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if stop_when(decode(mid)) else (mid + 1, hi)
-        return Generation(decode(lo).strip(), lo, True, tokens[:lo], drafted=lo), tokens[:lo]
+        return Generation(decode(lo).strip(), lo, True, tokens[:lo], drafted=min(drafted, lo)), tokens[:lo]
     if end is not None or len(tokens) >= max_new_tokens:
-        return Generation(decode(len(tokens)).strip(), len(tokens), False, tokens, drafted=len(tokens)), tokens
+        n = len(tokens)
+        return Generation(decode(n).strip(), n, False, tokens, drafted=min(drafted, n)), tokens
     return None, tokens
 
 
@@ -272,14 +283,16 @@ def generate(
     model.eval()
     try:
         answered: list[list[int]] = [[] for _ in prompts]
+        drafted = [0] * len(prompts)
         finished: list[Generation | None] = [None] * len(prompts)
         if drafts is not None and draft_rounds > 0:
             if len(drafts) != len(prompts):
                 raise ValueError(f"generate: {len(drafts)} drafts for {len(prompts)} prompts")
-            finished, answered = _verify(model, tokenizer, prompts, drafts, max_new_tokens=max_new_tokens,
+            finished, answered, drafted = _verify(model, tokenizer, prompts, drafts, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size, stop_when=stop_when, rounds=draft_rounds)  # fmt: skip
         todo = [i for i, g in enumerate(finished) if g is None]
         rest = _decode_rows(model, tokenizer, [prompts[i] for i in todo], [answered[i] for i in todo],
+                            [drafted[i] for i in todo],
                             max_new_tokens=max_new_tokens, batch_size=batch_size, stop_when=stop_when,
                             progress=progress, desc=desc) if todo else []  # fmt: skip
         for i, g in zip(todo, rest, strict=True):
