@@ -54,7 +54,7 @@ from landscape.perturb import Perturbation, checksum
 from landscape.run import axis
 from sweeps.config import EvalConfig
 from sweeps.formatting import IGNORE_INDEX, Encoded, PromptFormatter
-from sweeps.scoring.generate import generate
+from sweeps.scoring.generate import generate, left_pad
 from sweeps.scoring.judges import KeywordJudge
 from sweeps.scoring.nll import per_example_nll
 from sweeps.scoring.scorer import EvalSets, Scorer
@@ -464,16 +464,6 @@ def part2(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- part 3
-
-
-def left_pad(batch: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, p in enumerate(batch):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
-    return ids, mask
 
 
 @torch.no_grad()

@@ -77,7 +77,8 @@ def _end_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return ends
 
 
-def _left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists right-aligned into one batch: (ids with `pad_id` on the left, attention mask)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -108,7 +109,7 @@ def _decode_rows(
     out: list[Generation | None] = [None] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
         idx = order[start : start + batch_size]
-        ids, mask = _left_pad([prompts[i] + answered[i] for i in idx], pad_id)
+        ids, mask = left_pad([prompts[i] + answered[i] for i in idx], pad_id)
         width = ids.shape[1]
         budgets = [max_new_tokens - len(answered[i]) for i in idx]
         criteria = None
@@ -225,7 +226,7 @@ def _check(model: nn.Module, pad_id: int, prefixes: list[list[int]], proposals: 
         rows_per_pass = max(1, VERIFY_LOGIT_BUDGET // (keep * vocab))
         for sub in range(0, len(batch), rows_per_pass):
             idx = batch[sub : sub + rows_per_pass]
-            ids, mask = _left_pad([prefixes[i] + proposals[i] for i in idx], pad_id)
+            ids, mask = left_pad([prefixes[i] + proposals[i] for i in idx], pad_id)
             sub_keep = max(len(proposals[i]) for i in idx) + 1  # ≤ the padded width (a prefix has ≥ 1 token)
             predicted = _logits_last(model, ids.to(device), mask.to(device), sub_keep).argmax(-1).tolist()
             for row, i in enumerate(idx):
