@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from landscape.config import LandscapeAppConfig
+from landscape.config import LandscapeAppConfig, validate_landscape
 from sweeps.config import ConfigError
 from sweeps.rundir import atomic_write_text
 
@@ -31,6 +31,7 @@ def main(dcfg: DictConfig) -> None:
             cfg = OmegaConf.to_object(dcfg)
         except OmegaConfBaseException as e:
             raise ConfigError(f"{getattr(e, 'full_key', '')}: {str(e).splitlines()[0]}") from None
+        validate_landscape(cfg)  # before anything is written into the run dir
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(dcfg, resolve=True))
         result = run_landscape(cfg, out)
     except ConfigError as e:

@@ -62,6 +62,12 @@ class LandscapeAppConfig:
 MODES = ("random", "interpolate", "plane")
 
 
+def hits_origin(lo: float, hi: float, n: int) -> bool:
+    """Whether n evenly spaced points from lo to hi include 0 (to grid tolerance)."""
+    k = -lo * (n - 1) / (hi - lo)
+    return abs(k - round(k)) < 1e-9 * max(1.0, n)
+
+
 def validate_landscape(cfg: LandscapeAppConfig) -> None:
     from landscape.directions import NORMALISATIONS
     from sweeps.scoring.scorer import METRICS
@@ -80,6 +86,10 @@ def validate_landscape(cfg: LandscapeAppConfig) -> None:
         errors.append(f"landscape.radius: must be > 0, got {s.radius}")
     if len(s.span) != 2 or not s.span[0] < 0 < s.span[1]:
         errors.append(f"landscape.span: must be [low < 0, high > 0], got {list(s.span)}")
+    elif s.mode in ("interpolate", "plane") and s.points >= 3 and not hits_origin(*s.span, s.points):
+        fits = [n for n in range(3, 102) if hits_origin(*s.span, n)][:4]
+        errors.append(f"landscape.points: {s.points} points on span {list(s.span)} miss the origin (α=0); "
+                      f"use one of {fits or 'none up to 101 — change landscape.span'}")  # fmt: skip
     if s.draft_rounds < 0:
         errors.append(f"landscape.draft_rounds: must be >= 0, got {s.draft_rounds}")
     if s.repeats < 1:

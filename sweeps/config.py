@@ -291,8 +291,10 @@ def validate(cfg: TrainConfig) -> None:
     for key in [t.check_metric, *t.stop_if]:
         if t.check_every and key not in METRICS:
             errors.append(f"trial: check metric '{key}' is not one of {list(METRICS)}")
-    if e.judge != "keyword":
-        errors.append(f"eval.judge: '{e.judge}' is not a known judge (available: keyword)")
+    from sweeps.scoring.judges import JUDGES
+
+    if e.judge not in JUDGES:
+        errors.append(f"eval.judge: '{e.judge}' is not a known judge (available: {', '.join(JUDGES)})")
 
     from dataclasses import fields
 

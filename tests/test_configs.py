@@ -64,6 +64,7 @@ def test_every_config_file_composes(rel: str) -> None:
         ("data.train.source=file", "data.train.path"),
         ("+data.train.path=/no/such/file.csv", "data.train.path"),
         ("eval.asr.keywords=nope", "eval.asr.keywords"),
+        ("eval.judge=llama_guard", "eval.judge"),
         ("+world.hidden=3", "world.hidden"),
         ("method=[ema]", None),
     ],
@@ -75,6 +76,18 @@ def test_bad_values_are_named(override: str, key: str | None) -> None:
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert (key or "method.ema.eta") in str(err.value)
+
+
+def test_a_registered_judge_is_accepted_and_used(monkeypatch) -> None:
+    from sweeps.scoring.judges import JUDGES, KeywordJudge
+
+    class StrictJudge(KeywordJudge):
+        name = "strict_words"
+
+    monkeypatch.setitem(JUDGES, "strict_words", StrictJudge)
+    cfg = to_train_config(_compose(["eval.judge=strict_words"]))
+    validate(cfg)
+    assert isinstance(JUDGES[cfg.eval.judge](cfg.eval.asr.keywords), StrictJudge)
 
 
 def test_several_errors_reported_together() -> None:
