@@ -44,7 +44,8 @@ def main(dcfg: DictConfig) -> None:
     for metric, entry in result["summaries"].items():
         r = entry["radius"]
         print(f"{metric}: centre {entry['centre']:.4g}, threshold {entry['threshold']:.4g}, "
-              f"basin radius {r['mean']:.3g} ± {r['ci95']:.2g} (n={r['n']})")  # fmt: skip
+              f"basin radius {'≥ ' if r['censored'] else ''}{r['mean']:.3g} ± {r['ci95']:.2g} (n={r['n']}"
+              + (f", {r['censored']} not crossing within the grid)" if r["censored"] else ")"))  # fmt: skip
     print(f"landscape: {out}/points.csv, manifest.json, " + ", ".join(p.name for p in figures))
 
 

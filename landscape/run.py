@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -17,7 +18,7 @@ from landscape import directions as D
 from landscape.config import LandscapeAppConfig, validate_landscape
 from landscape.perturb import Perturbation
 from landscape.store import PointStore
-from landscape.summaries import crossing, mean_ci, top_hessian_eigenvalue, visage
+from landscape.summaries import crossing, hessian_top, mean_ci, visage
 from sweeps.config import AlignConfig, ConfigError, ModelConfig
 from sweeps.data import DataError
 from sweeps.formatting import PromptFormatter
@@ -185,6 +186,7 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
                           "residual": resid})  # fmt: skip
         manifest["overlay"] = marks
 
+    _check_same_landscape(cfg, out_dir)
     store = PointStore(out_dir, s.worker)
     done = store.done()
     todo = []
@@ -239,39 +241,86 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
     return result
 
 
+# Settings that change no point's value: resuming (or another worker) may differ in these.
+_FREE_SETTINGS = ("draft_rounds", "overlay", "thresholds", "tolerance", "hessian", "hessian_examples", "hessian_iters",
+                  "surface3d", "workers", "worker", "max_points")  # fmt: skip
+
+
+def landscape_identity(cfg: LandscapeAppConfig) -> dict[str, Any]:
+    """Everything that decides the points' values (the device does not: workers may sit on different GPUs)."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg.landscape).items() if k not in _FREE_SETTINGS}
+    model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "device"}
+    ident = {"landscape": settings, "model": model, "data": dataclasses.asdict(cfg.data),
+             "eval": dataclasses.asdict(cfg.eval), "world": dict(cfg.world)}  # fmt: skip
+    return json.loads(json.dumps(ident, default=str))  # as it reads back from the file
+
+
+def _check_same_landscape(cfg: LandscapeAppConfig, out_dir: Path) -> None:
+    """A run dir holds one landscape: resuming with other settings would mix points of two landscapes."""
+    path = out_dir / "landscape_identity.json"
+    ident = landscape_identity(cfg)
+    if not path.exists():
+        atomic_write_json(path, ident)
+        return
+    old = json.loads(path.read_text())
+    changed = sorted(f"{group}.{k}" for group in ident for k in set(ident[group]) | set(old.get(group, {}))
+                     if ident[group].get(k) != old.get(group, {}).get(k))  # fmt: skip
+    if changed:
+        raise ConfigError(f"{out_dir} holds points of a landscape with other settings ({', '.join(changed)}); "
+                          "rerun with those settings to resume, or choose a new hydra.run.dir")  # fmt: skip
+
+
+# Metrics where leaving the basin means the value drops (less accuracy, or harmful answers becoming likely).
+HIGHER_IS_SAFE = ("utility_acc", "compliance_loss")
+
+
 def _threshold(metric: str, centre_value: float, s) -> float:
+    """The basin boundary in the metric's own units (what the figures draw)."""
     if metric in s.thresholds:
         return float(s.thresholds[metric])
-    return 0.5 if metric in ("asr", "over_refusal") else centre_value + s.tolerance
+    if metric in ("asr", "over_refusal"):
+        return 0.5
+    if metric == "utility_acc":
+        return centre_value / 2  # the basin keeps at least half the centre's accuracy
+    return centre_value - s.tolerance if metric in HIGHER_IS_SAFE else centre_value + s.tolerance
 
 
 def summarise(table, s, dims: int) -> dict[str, Any]:
+    """Per metric: threshold, VISAGE per direction set, basin radius along every axis (mean ± CI over directions).
+
+    A direction that never crosses the threshold inside the grid counts at the grid's edge: its radius is censored
+    (at least that), and the mean is then a lower bound (`censored` > 0).
+    """
     out: dict[str, Any] = {}
     for metric in s.metrics:
         origin = table[(table.x == 0) & (table.y == 0)][metric]
         centre_value = float(origin.iloc[0])
         thr = _threshold(metric, centre_value, s)
-        if metric == "utility_acc":  # higher is better: flip so that "below the threshold" means inside the basin
-            values, thr_flipped = -table[metric], -(centre_value - s.tolerance if metric not in s.thresholds else thr)
-        else:
-            values, thr_flipped = table[metric], thr
-        entry: dict[str, Any] = {"centre": centre_value, "threshold": thr, "visage": {}}
-        radii = []
+        flip = -1.0 if metric in HIGHER_IS_SAFE else 1.0  # so that "below the threshold" means inside the basin
+        values = flip * table[metric]
+        entry: dict[str, Any] = {"centre": centre_value, "threshold": thr, "inside": "below" if flip > 0 else "above",
+                                 "visage": {}}  # fmt: skip
+        radii, censored = [], 0
         for r, group in table.assign(_v=values).groupby("repeat"):
-            entry["visage"][int(r)] = visage(group["_v"].to_numpy(), thr_flipped)
-            line = group[group.y == 0].sort_values("x")
-            lo, hi = crossing(line.x.to_numpy(), line["_v"].to_numpy(), thr_flipped)
-            radii.append(min(lo, hi))
+            entry["visage"][int(r)] = visage(group["_v"].to_numpy(), flip * thr)
+            axes = [group[group.y == 0].sort_values("x")[["x", "_v"]].to_numpy()]
             if dims == 2:
-                col = group[group.x == 0].sort_values("y")
-                radii.append(min(crossing(col.y.to_numpy(), col["_v"].to_numpy(), thr_flipped)))
+                axes.append(group[group.x == 0].sort_values("y")[["y", "_v"]].to_numpy())
+            for coords, vals in (a.T for a in axes):
+                # each side: where it crosses, else the grid's edge on that side (censored: at least that far)
+                sides = [(d, False) if math.isfinite(d) else (float(edge), True)
+                         for d, edge in zip(crossing(coords, vals, flip * thr), (-coords.min(), coords.max()),
+                                            strict=True)]  # fmt: skip
+                radius, is_censored = min(sides)
+                radii.append(radius)
+                censored += is_censored
         mean, half = mean_ci(radii)
-        entry["radius"] = {"mean": mean, "ci95": half, "n": len(radii), "values": radii}
+        entry["radius"] = {"mean": mean, "ci95": half, "n": len(radii), "censored": censored, "values": radii}
         out[metric] = entry
     return out
 
 
-def hessian_summary(model, params, scorer: Scorer, s) -> dict[str, float]:
+def hessian_summary(model, params, scorer: Scorer, s) -> dict[str, dict[str, float]]:
     """Top Hessian eigenvalue of the safety and utility losses at the centre (eager attention needed on CPU)."""
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")
@@ -287,7 +336,10 @@ def hessian_summary(model, params, scorer: Scorer, s) -> dict[str, float]:
         def loss_fn(batch=batch):
             return model(**batch).loss
 
-        out[metric] = top_hessian_eigenvalue(loss_fn, tensors, iters=s.hessian_iters, seed=s.seed)
-    if not math.isfinite(sum(out.values())):
+        out[metric] = hessian_top(loss_fn, tensors, iters=s.hessian_iters, seed=s.seed)
+    for metric, eig in out.items():
+        log.info("Hessian of %s: top eigenvalue %.4g (residual %.1e), largest magnitude %.4g (%d HVP iterations)",
+                 metric, eig["top"], eig["top_residual"], eig["largest_magnitude"], eig["iterations"])  # fmt: skip
+    if not all(math.isfinite(v) for eig in out.values() for v in eig.values()):
         log.warning("Hessian eigenvalue not finite: %s", out)
     return out

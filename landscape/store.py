@@ -17,6 +17,16 @@ class PointStore:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / f"points.{worker}.jsonl"
+        self._drop_partial_line()
+
+    def _drop_partial_line(self) -> None:
+        """Cut a last line that a crash left without its newline, so the next point starts on a line of its own."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
 
     def done(self) -> dict[str, dict[str, Any]]:
         """Every finished point of every worker, by key."""

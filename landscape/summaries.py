@@ -54,11 +54,12 @@ def mean_ci(samples: Sequence[float], z: float = 1.96) -> tuple[float, float]:
     return float(x.mean()), float(half)
 
 
-def top_hessian_eigenvalue(
+def power_iteration(
     loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], iters: int = 20, seed: int = 0,
-    tol: float = 1e-4,
-) -> float:  # fmt: skip
-    """Largest-magnitude Hessian eigenvalue of loss_fn() w.r.t. params, by power iteration on Hessian-vector products.
+    tol: float = 1e-3, shift: float = 0.0,
+) -> tuple[float, float, int]:  # fmt: skip
+    """(eigenvalue, relative residual, iterations): the Hessian eigenvalue farthest from `shift`, by power iteration
+    on Hessian-vector products of H − shift·I. Stops when ‖(H − shift·I)v − μv‖ ≤ tol·|μ|, i.e. v is an eigenvector.
 
     Needs double backward: load models with attn_implementation="eager" (SDPA has none on CPU).
     """
@@ -66,17 +67,38 @@ def top_hessian_eigenvalue(
     v = [torch.randn(p.shape, generator=g).to(p) for p in params]
     scale = math.sqrt(sum(float((x * x).sum()) for x in v))
     v = [x / scale for x in v]
-    eig = 0.0
-    for _ in range(iters):
+    mu, residual = 0.0, math.inf
+    for k in range(1, iters + 1):
         loss = loss_fn()
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        hv = torch.autograd.grad(grads, params, grad_outputs=v)
-        new_eig = float(sum((a * b).sum() for a, b in zip(hv, v, strict=True)))
+        hv = [h - shift * x for h, x in zip(torch.autograd.grad(grads, params, grad_outputs=v), v, strict=True)]
+        mu = float(sum((a * b).sum() for a, b in zip(hv, v, strict=True)))  # Rayleigh quotient (‖v‖ = 1)
+        residual = math.sqrt(sum(float(((a - mu * b) ** 2).sum()) for a, b in zip(hv, v, strict=True)))
+        residual /= max(abs(mu), 1e-12)
         n = math.sqrt(sum(float((x * x).sum()) for x in hv))
-        if n == 0:
-            return 0.0
+        if n == 0 or residual <= tol:
+            return mu + shift, residual, k
         v = [x.detach() / n for x in hv]
-        if abs(new_eig - eig) <= tol * max(1.0, abs(new_eig)):
-            return new_eig
-        eig = new_eig
-    return eig
+    return mu + shift, residual, iters
+
+
+def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], iters: int = 20,
+                           seed: int = 0) -> float:  # fmt: skip
+    """The largest-magnitude Hessian eigenvalue (power iteration)."""
+    return power_iteration(loss_fn, params, iters, seed)[0]
+
+
+def hessian_top(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], iters: int = 20,
+                seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """The top (most positive) Hessian eigenvalue — the sharpness — and the largest-magnitude one, with residuals.
+
+    Power iteration finds the largest |λ|; away from a minimum that can be negative, and then a second run on
+    H − λ·I finds the top of the spectrum. A residual above 1e-3 means the iteration budget ran out first
+    (raise landscape.hessian_iters).
+    """
+    magnitude, res_m, it_m = power_iteration(loss_fn, params, iters, seed)
+    out = {"largest_magnitude": magnitude, "largest_magnitude_residual": res_m, "iterations": it_m}
+    if magnitude >= 0:
+        return {"top": magnitude, "top_residual": res_m, **out}
+    top, res_t, it_t = power_iteration(loss_fn, params, iters, seed, shift=magnitude)
+    return {"top": top, "top_residual": res_t, **out, "iterations": it_m + it_t}

@@ -18,7 +18,8 @@ from landscape import directions as D
 from landscape.config import LandscapeAppConfig
 from landscape.perturb import Perturbation, checksum
 from landscape.run import axis, project, run_landscape
-from landscape.summaries import crossing, mean_ci, top_hessian_eigenvalue, visage
+from landscape.summaries import crossing, hessian_top, mean_ci, top_hessian_eigenvalue, visage
+from sweeps.config import ConfigError
 from tests.conftest import CACHE_DIR, PYTHON, ROOT
 
 CONF = ROOT / "conf"
@@ -84,6 +85,10 @@ def test_point_is_exact_and_weights_restore_on_exit_and_error(aligned) -> None:
         raise RuntimeError("boom")
     assert checksum(model) == before
     assert [p.requires_grad for _, p in params] == flags
+    with pytest.raises(KeyboardInterrupt), Perturbation(params, [d1, d2]) as pert:  # Ctrl-C mid-point
+        pert.set(-0.4, 0.2)
+        raise KeyboardInterrupt
+    assert checksum(model) == before
 
 
 def test_axis_contains_origin_exactly() -> None:
@@ -95,7 +100,6 @@ def test_axis_contains_origin_exactly() -> None:
 
 def test_interpolate_and_plane_grids_that_miss_the_origin_are_rejected_up_front() -> None:
     from landscape.config import hits_origin, validate_landscape
-    from sweeps.config import ConfigError
 
     assert hits_origin(-0.5, 1.5, 9) and hits_origin(-0.5, 0.5, 4) is False and hits_origin(-0.5, 1.0, 4)
     # the defaults (11 points on [-0.5, 1.5]) put α=0 between two points: named key, valid counts suggested
@@ -117,6 +121,31 @@ def test_summaries_on_known_curves() -> None:
     x = torch.tensor([0.5, -0.2], requires_grad=True)
     eig = top_hessian_eigenvalue(lambda: 1.5 * x[0] ** 2 + 0.5 * x[1] ** 2, [x], iters=50)
     assert eig == pytest.approx(3.0, rel=1e-3)
+    # a saddle, Hessian diag(3, −5): the largest magnitude is −5, the top of the spectrum 3
+    eigs = hessian_top(lambda: 1.5 * x[0] ** 2 - 2.5 * x[1] ** 2, [x], iters=200)
+    assert eigs["largest_magnitude"] == pytest.approx(-5.0, rel=1e-3) and eigs["top"] == pytest.approx(3.0, rel=1e-3)
+
+
+def test_basin_radius_counts_directions_that_never_cross_at_the_grid_edge() -> None:
+    from landscape.config import LandscapeSettings
+    from landscape.run import summarise
+
+    xs = np.linspace(-1, 1, 11).round(10)
+    rows = []
+    for r, slope in enumerate((1.0, 0.1)):  # repeat 0 crosses centre + 0.5 at |α| = 0.5; repeat 1 never does
+        rows += [{"repeat": r, "x": x, "y": 0.0, "safety_loss": slope * abs(x), "utility_acc": 0.8 - 0.6 * abs(x)}
+                 for x in xs]  # fmt: skip
+    table = pd.DataFrame(rows)
+    s = LandscapeSettings(metrics=["safety_loss", "utility_acc"], tolerance=0.5, repeats=2)
+    out = summarise(table, s, dims=1)
+    radius = out["safety_loss"]["radius"]
+    assert radius["values"] == pytest.approx([0.5, 1.0]) and radius["censored"] == 1  # at least 1.0: the edge
+    assert radius["mean"] == pytest.approx(0.75)
+    # higher is better: the basin keeps half the centre's accuracy (0.4), reached at |α| = 2/3 in both repeats
+    acc = out["utility_acc"]
+    assert acc["threshold"] == pytest.approx(0.4) and acc["inside"] == "above"
+    assert acc["radius"]["values"] == pytest.approx([2 / 3, 2 / 3], abs=1e-9) and acc["radius"]["censored"] == 0
+    assert acc["visage"][0] > 0
 
 
 def test_projection_recovers_plane_coordinates() -> None:
@@ -138,8 +167,16 @@ def test_origin_reproduces_centre_metrics_and_resume_is_identical(tmp_path, toy_
     assert full["complete"]
     part = run_landscape(_cfg(*args, "landscape.max_points=7"), tmp_path / "resumed", progress=False)
     assert not part["complete"] and part["points"] == 7
+    store = tmp_path / "resumed" / "points.0.jsonl"  # killed while writing the 7th point: half a line, no newline
+    text = store.read_text()
+    store.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])
+    with pytest.raises(ConfigError, match=r"other settings \(landscape\.radius\)"):
+        run_landscape(_cfg(*args[:1], "landscape.radius=0.4", *args[2:]), tmp_path / "resumed", progress=False)
     again = run_landscape(_cfg(*args), tmp_path / "resumed", progress=False)
     assert again["complete"]
+    manifest = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
+    assert manifest["points_computed_now"] == 25 - 6  # only the missing points, the cut one among them
+    assert all(json.loads(line) for line in store.read_text().splitlines())  # no line glued to the cut one
     a, b = pd.read_csv(tmp_path / "full" / "points.csv"), pd.read_csv(tmp_path / "resumed" / "points.csv")
     pd.testing.assert_frame_equal(a, b)
     assert len(a) == 25 and set(a.columns) >= {"x", "y", "safety_loss", "utility_loss", "asr"}
@@ -198,7 +235,10 @@ def test_cli_2d_run_writes_table_manifest_and_figures(tmp_path, toy_root) -> Non
         assert (out / name).stat().st_size > 0, name
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["summaries"]) == {"safety_loss", "utility_loss"}
-    assert all(np.isfinite(v) for v in manifest["hessian"].values())
+    hessian = manifest["hessian"]
+    assert set(hessian) == {"safety_loss", "utility_loss"}
+    assert all(np.isfinite(e["largest_magnitude"]) and e["top"] >= min(0.0, e["largest_magnitude"])
+               for e in hessian.values())  # fmt: skip
 
     one_d = tmp_path / "ls1"
     proc = subprocess.run(

@@ -83,12 +83,17 @@ def test_gradient_checkpointing_trains_to_the_same_weights(toy_root, toy_world) 
         assert (on if on is not None else model.is_gradient_checkpointing) == checkpointing
         fmt = fmt or PromptFormatter(tok)
         data = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("user_train", toy_world)[:16]]
+        # checkpointing really recomputes: the layer's MLP (inside the checkpointed forward) starts again in backward
+        # (a pre-hook: torch stops the recompute early once every saved tensor is back, before forward hooks run)
+        mlp_starts: list[int] = []
+        model.model.layers[0].mlp.register_forward_pre_hook(lambda *_, calls=mlp_starts: calls.append(1))
         torch.manual_seed(0)
         result = train(model, data, OptimConfig(lr=1e-3, batch_size=4, max_steps=3), MethodStack([]),
                        pad_id=tok.pad_token_id, progress=False)  # fmt: skip
         assert result.status == "completed"
-        finals.append((result.losses, [p.detach().clone() for p in model.parameters()]))
-    (loss_a, weights_a), (loss_b, weights_b) = finals
+        finals.append((result.losses, [p.detach().clone() for p in model.parameters()], len(mlp_starts)))
+    (loss_a, weights_a, calls_a), (loss_b, weights_b, calls_b) = finals
+    assert calls_a == 3 and calls_b == 2 * calls_a
     assert loss_a == pytest.approx(loss_b, rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(weights_a, weights_b, strict=True))
     assert any(not torch.equal(a, w) for a, w in zip(weights_a, load_model(ModelConfig(device="cpu"),
