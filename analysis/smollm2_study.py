@@ -9,7 +9,7 @@
 3. sweep    `python -m sweeps.train -m search_space=smollm2_repro`: lr × batch × accumulation × EMA η on SST-2
 4. landscape a 1-D random-direction safety/utility loss landscape around θ_aligned (2 directions, CI band)
 5. report   `python -m analysis report` over the study, and `summary.md` / `summary.csv`: every run with keyword
-            ASR on AdvBench[:100] (95 % bootstrap CI over prompts), over-refusal on XSTest, SST-2 accuracy
+            ASR on AdvBench[:100], over-refusal on XSTest, SST-2 accuracy (each with a 95 % bootstrap CI over prompts)
 
 With `--seeds`, the sweep runs once per training seed (seed 0 is the study above; seed N is study `<space>_seedN`,
 the same enqueued recipes with another data order) and `seeds.md` / `seeds.csv` give every recipe's mean and range
@@ -39,8 +39,11 @@ SPACES = {
     "smollm2_gsm8k": ("smollm2_gsm8k", "gsm8k", "asr:min,utility_loss:min"),
 }
 COLUMNS = ["run", "lr", "batch_size", "grad_accum", "effective_batch_size", "ema_eta", "steps", "asr", "asr_lo",
-           "asr_hi", "over_refusal", "utility_acc", "safety_loss", "compliance_loss", "utility_loss",
-           "wall_time_s"]  # fmt: skip
+           "asr_hi", "over_refusal", "over_refusal_lo", "over_refusal_hi", "utility_acc", "utility_acc_lo",
+           "utility_acc_hi", "safety_loss", "compliance_loss", "utility_loss", "wall_time_s"]  # fmt: skip
+# metric → (generations.jsonl set, verdict field) for the 95 % bootstrap intervals over prompts
+VERDICTS = {"asr": ("harmful", "attack_success"), "over_refusal": ("overrefusal", "refused"),
+            "utility_acc": ("utility", "correct")}  # fmt: skip
 
 
 def _check_prerequisites() -> None:
@@ -54,7 +57,7 @@ def _check_prerequisites() -> None:
 
 
 def _row(name: str, run_dir: Path) -> dict | None:
-    from analysis.stats import bootstrap_mean, harmful_verdicts
+    from analysis.stats import bootstrap_mean, run_verdicts
 
     path = run_dir / "metrics.json"
     if not path.is_file():
@@ -62,10 +65,12 @@ def _row(name: str, run_dir: Path) -> dict | None:
     m = json.loads(path.read_text())
     if m.get("status") != "completed":
         return {"run": name, "steps": m.get("steps")}
-    verdicts = harmful_verdicts(run_dir)
-    _, lo, hi = bootstrap_mean([verdicts]) if verdicts is not None else (None, None, None)
     row = {k: m.get(k) for k in COLUMNS}
-    row.update(run=name, asr_lo=lo, asr_hi=hi, ema_eta=_eta_from_config(run_dir))
+    for metric, (eval_set, field) in VERDICTS.items():
+        verdicts = run_verdicts(run_dir, eval_set, field)
+        _, lo, hi = bootstrap_mean([verdicts]) if verdicts is not None else (None, None, None)
+        row.update({f"{metric}_lo": lo, f"{metric}_hi": hi})
+    row.update(run=name, ema_eta=_eta_from_config(run_dir))
     return row
 
 
@@ -92,17 +97,22 @@ def summarise(out: Path, sweep_dir: Path) -> pd.DataFrame:
     def fmt(x, spec: str) -> str:
         return "–" if x is None or pd.isna(x) else format(x, spec)
 
-    lines = ["| run | lr | batch × accum | η | steps | ASR [95 % CI] | over-refusal | utility acc | utility loss | "
-             "safety loss | compliance loss | wall s |", "|" + "---|" * 12]  # fmt: skip
+    def with_ci(r, metric: str, spec: str) -> str:
+        value, lo, hi = (getattr(r, metric), getattr(r, f"{metric}_lo"), getattr(r, f"{metric}_hi"))
+        interval = "" if lo is None or pd.isna(lo) else f" [{fmt(lo, spec)}, {fmt(hi, spec)}]"
+        return fmt(value, spec) + interval
+
+    lines = ["| run | lr | batch × accum | η | steps | ASR [95 % CI] | over-refusal [95 % CI] | "
+             "utility acc [95 % CI] | utility loss | safety loss | compliance loss | wall s |",
+             "|" + "---|" * 12]  # fmt: skip
     for r in df.itertuples():
         recipe = "–" if pd.isna(r.batch_size) or r.steps == 0 else f"{int(r.batch_size)} × {int(r.grad_accum)}"
         lr = "–" if r.steps == 0 else fmt(r.lr, ".1e")
         eta = "–" if r.steps == 0 or r.ema_eta is None or pd.isna(r.ema_eta) else fmt(r.ema_eta, "g")
-        asr = f"{fmt(r.asr, '.2f')} [{fmt(r.asr_lo, '.2f')}, {fmt(r.asr_hi, '.2f')}]"
         lines.append(
-            f"| {r.run} | {lr} | {recipe} | {eta} | {fmt(r.steps, '.0f')} | {asr} | "
-            f"{fmt(r.over_refusal, '.2f')} | {fmt(r.utility_acc, '.3f')} | {fmt(r.utility_loss, '.3f')} | "
-            f"{fmt(r.safety_loss, '.3f')} | "
+            f"| {r.run} | {lr} | {recipe} | {eta} | {fmt(r.steps, '.0f')} | {with_ci(r, 'asr', '.2f')} | "
+            f"{with_ci(r, 'over_refusal', '.2f')} | {with_ci(r, 'utility_acc', '.3f')} | "
+            f"{fmt(r.utility_loss, '.3f')} | {fmt(r.safety_loss, '.3f')} | "
             f"{fmt(r.compliance_loss, '.3f')} | {fmt(r.wall_time_s, '.0f')} |"
         )
     (out / "summary.md").write_text("\n".join(lines) + "\n")

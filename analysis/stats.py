@@ -77,7 +77,13 @@ def aggregate_seeds(df: pd.DataFrame, objectives: Sequence[Objective], metrics: 
 
 
 def harmful_verdicts(run_dir: str | Path) -> np.ndarray | None:
-    """The attack_success verdicts (0/1) of the evaluated weights in a run dir's generations.jsonl, or None.
+    """The attack_success verdicts (0/1) of the evaluated weights in a run dir's generations.jsonl, or None."""
+    return run_verdicts(run_dir, "harmful", "attack_success")
+
+
+def run_verdicts(run_dir: str | Path, eval_set: str, field: str) -> np.ndarray | None:
+    """One 0/1 verdict per prompt of `eval_set` (harmful: attack_success, overrefusal: refused, utility: correct) for
+    the evaluated weights in a run dir's generations.jsonl, or None.
 
     A run may hold rows for several weights ("start" with eval.baseline, "live" with eval.also_live); the ones
     behind the run's ASR are metrics.json's `eval_weights`, else the first weights that are not "start".
@@ -99,12 +105,12 @@ def harmful_verdicts(run_dir: str | Path) -> np.ndarray | None:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if row.get("set") != "harmful" or "attack_success" not in row:
+            if row.get("set") != eval_set or field not in row:
                 continue
             w = row.get("weights", "live")
             if first is None and w != "start":
                 first = w
-            verdicts.setdefault(w, []).append(bool(row["attack_success"]))
+            verdicts.setdefault(w, []).append(bool(row[field]))
     chosen = wanted if wanted in verdicts else first
     return np.asarray(verdicts[chosen], dtype=float) if chosen in verdicts else None
 

@@ -265,9 +265,10 @@ def _fake_run(folder: Path, asr_verdicts: list[bool], eta: float = 0.25, **metri
     }
     (folder / "metrics.json").write_text(json.dumps({**base, **metrics}))
     (folder / "config.yaml").write_text(f"method:\n  ema:\n    eta: {eta}\n")
-    (folder / "generations.jsonl").write_text(
-        "".join(json.dumps({"set": "harmful", "attack_success": v, "weights": "live"}) + "\n" for v in asr_verdicts)
-    )
+    rows = [{"set": "harmful", "attack_success": v, "weights": "live"} for v in asr_verdicts]
+    rows += [{"set": "overrefusal", "refused": i < 2, "weights": "live"} for i in range(20)]  # 0.1, as in metrics
+    rows += [{"set": "utility", "correct": i < 16, "weights": "live"} for i in range(20)]  # 0.8
+    (folder / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def test_study_summary_table_has_every_run_with_bootstrap_ci(tmp_path) -> None:
@@ -283,6 +284,8 @@ def test_study_summary_table_has_every_run_with_bootstrap_ci(tmp_path) -> None:
     assert list(df["run"]) == ["θ_aligned", "trial 0", "trial 1"]
     half = df.set_index("run").loc["trial 0"]
     assert half["asr"] == 0.5 and half["asr_lo"] < 0.5 < half["asr_hi"] and half["ema_eta"] == 0.25
+    assert half["over_refusal_lo"] < 0.1 < half["over_refusal_hi"]
+    assert half["utility_acc_lo"] < 0.8 < half["utility_acc_hi"]
     table = (out / "summary.md").read_text().splitlines()
     assert len(table) == 2 + 3 and "| θ_aligned | – | – | – | 0 | 0.00 [0.00, 0.00] |" in table[2]
     assert (out / "summary.csv").is_file()
