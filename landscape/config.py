@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,9 @@ from sweeps.config import ConfigError, DataConfig, EvalConfig, ModelConfig
 @dataclass
 class ScopeConfig:
     include: str | None = None  # regex on parameter names
-    exclude: str | None = "(norm|bias)"  # norms and biases stay fixed
+    # regex; "auto": norms and biases stay fixed in random mode, nothing is excluded in interpolate/plane mode (so
+    # α = 1 is exactly the target model); null: nothing excluded
+    exclude: str | None = "auto"
     embeddings: bool = True
     lm_head: bool = True
     lora_only: bool = False
@@ -90,6 +93,13 @@ def validate_landscape(cfg: LandscapeAppConfig) -> None:
         fits = [n for n in range(3, 102) if hits_origin(*s.span, n)][:4]
         errors.append(f"landscape.points: {s.points} points on span {list(s.span)} miss the origin (α=0); "
                       f"use one of {fits or 'none up to 101 — change landscape.span'}")  # fmt: skip
+    for key in ("include", "exclude"):
+        pattern = getattr(s.scope, key)
+        if pattern and pattern != "auto":
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                errors.append(f"landscape.scope.{key}: '{pattern}' is not a valid regex ({e})")
     if s.draft_rounds < 0:
         errors.append(f"landscape.draft_rounds: must be >= 0, got {s.draft_rounds}")
     if s.repeats < 1:

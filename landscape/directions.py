@@ -12,6 +12,7 @@ Normalisation (d: the direction's tensor for weight W):
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 NORMALISATIONS = ("filter", "layer", "none")
 DEFAULT_EXCLUDE = r"(norm|bias)"  # norms and biases stay fixed (loss-landscape's `biasbn`, llm-landscape zeroes norms)
@@ -79,7 +82,12 @@ def normalise(d: torch.Tensor, w: torch.Tensor, how: str, eps: float = 1e-10) ->
 
 def random_direction(params: Sequence[tuple[str, torch.Tensor]], seed: int, how: str) -> list[torch.Tensor]:
     with torch.no_grad():
-        return [normalise(gaussian(n, p, seed), p.detach(), how) for n, p in params]
+        out = [normalise(gaussian(n, p, seed), p.detach(), how) for n, p in params]
+    zeros = [n for n, p in params if how != "none" and not p.detach().any()]
+    if zeros:  # scaled to a zero norm: e.g. an untrained LoRA B, which also makes its A's perturbation invisible
+        log.warning("%d all-zero tensor(s) get no perturbation under %s normalisation (e.g. %s); "
+                    "landscape.normalisation=none perturbs them", len(zeros), how, zeros[0])  # fmt: skip
+    return out
 
 
 def dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:

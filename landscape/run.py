@@ -138,11 +138,14 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
     if missing:
         raise ConfigError(f"landscape.metrics: no eval data for {missing} (configure the matching data.* set)")
 
-    params = D.select_parameters(model, D.Scope(**dataclasses.asdict(s.scope)))
+    scope = dataclasses.asdict(s.scope)
+    if scope["exclude"] == "auto":
+        scope["exclude"] = D.DEFAULT_EXCLUDE if s.mode == "random" else None
+    params = D.select_parameters(model, D.Scope(**scope))
     names = [n for n, _ in params]
     centre = [p.detach().clone() for _, p in params]
     manifest: dict[str, Any] = {
-        "mode": s.mode, "seed": s.seed, "normalisation": s.normalisation, "scope": dataclasses.asdict(s.scope),
+        "mode": s.mode, "seed": s.seed, "normalisation": s.normalisation, "scope": scope,
         "perturbed": names, "excluded": [n for n, _ in model.named_parameters() if n not in set(names)],
         "n_perturbed_values": int(sum(p.numel() for _, p in params)), "metrics": list(s.metrics),
         "model": model_path, "centre_weights": s.centre_weights, "targets": list(s.targets), "versions": versions(),

@@ -106,6 +106,8 @@ def test_interpolate_and_plane_grids_that_miss_the_origin_are_rejected_up_front(
     with pytest.raises(ConfigError, match=r"landscape\.points: 11 points .* miss the origin.*\[5, 9, 13, 17\]"):
         validate_landscape(_cfg("landscape.mode=interpolate", "landscape.targets=[toy:base]"))
     validate_landscape(_cfg("landscape.mode=interpolate", "landscape.targets=[toy:base]", "landscape.points=9"))
+    with pytest.raises(ConfigError, match=r"landscape\.scope\.exclude: '\(norm' is not a valid regex"):
+        validate_landscape(_cfg("landscape.scope.exclude='(norm'"))
 
 
 def test_summaries_on_known_curves() -> None:
@@ -265,6 +267,11 @@ def test_interpolation_between_aligned_and_base(tmp_path, toy_root) -> None:
     assert at[1.0] > at[0.0]  # θ_base refuses less than θ_aligned
     assert result["complete"]
     assert Path(tmp_path / "manifest.json").exists()
+    # centred on another model's weights: the origin is that model (θ_base, the interpolation's α = 1)
+    run_landscape(_cfg("landscape.centre_weights=toy:base", "landscape.dims=1", "landscape.points=3",
+                       "landscape.metrics=[safety_loss]"), tmp_path / "at_base", progress=False)  # fmt: skip
+    around_base = pd.read_csv(tmp_path / "at_base" / "points.csv")
+    assert float(around_base[around_base.x == 0].safety_loss.iloc[0]) == pytest.approx(at[1.0], rel=1e-5)
 
 
 def test_plane_projection_overlay_and_split_workers(tmp_path, toy_root) -> None:
