@@ -138,9 +138,7 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
     if missing:
         raise ConfigError(f"landscape.metrics: no eval data for {missing} (configure the matching data.* set)")
 
-    scope = dataclasses.asdict(s.scope)
-    if scope["exclude"] == "auto":
-        scope["exclude"] = D.DEFAULT_EXCLUDE if s.mode == "random" else None
+    scope = {**dataclasses.asdict(s.scope), "exclude": resolved_exclude(s)}
     params = D.select_parameters(model, D.Scope(**scope))
     names = [n for n, _ in params]
     centre = [p.detach().clone() for _, p in params]
@@ -238,10 +236,17 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
         atomic_write_text(out_dir / "points.csv", table.to_csv(index=False))
         manifest["summaries"] = summarise(table, s, len(sets_of_dirs[0]))
         if s.hessian:
-            manifest["hessian"] = hessian_summary(model, params, scorer, s)
+            manifest["hessian"] = hessian_summary(model, params, scorer, s, progress=progress)
         result["summaries"] = manifest["summaries"]
     atomic_write_json(out_dir / "manifest.json", manifest)
     return result
+
+
+def resolved_exclude(s) -> str | None:
+    """scope.exclude with "auto" resolved: norms and biases in random mode, nothing along targets (α = 1 is exact)."""
+    if s.scope.exclude != "auto":
+        return s.scope.exclude
+    return D.DEFAULT_EXCLUDE if s.mode == "random" else None
 
 
 # Settings that change no point's value: resuming (or another worker) may differ in these.
@@ -252,6 +257,7 @@ _FREE_SETTINGS = ("draft_rounds", "overlay", "thresholds", "tolerance", "hessian
 def landscape_identity(cfg: LandscapeAppConfig) -> dict[str, Any]:
     """Everything that decides the points' values (the device does not: workers may sit on different GPUs)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg.landscape).items() if k not in _FREE_SETTINGS}
+    settings["scope"]["exclude"] = resolved_exclude(cfg.landscape)
     model = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "device"}
     ident = {"landscape": settings, "model": model, "data": dataclasses.asdict(cfg.data),
              "eval": dataclasses.asdict(cfg.eval), "world": dict(cfg.world)}  # fmt: skip
@@ -323,7 +329,7 @@ def summarise(table, s, dims: int) -> dict[str, Any]:
     return out
 
 
-def hessian_summary(model, params, scorer: Scorer, s) -> dict[str, dict[str, float]]:
+def hessian_summary(model, params, scorer: Scorer, s, *, progress: bool = False) -> dict[str, dict[str, float]]:
     """Top Hessian eigenvalue of the safety and utility losses at the centre (eager attention needed on CPU)."""
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")
@@ -339,7 +345,8 @@ def hessian_summary(model, params, scorer: Scorer, s) -> dict[str, dict[str, flo
         def loss_fn(batch=batch):
             return model(**batch).loss
 
-        out[metric] = hessian_top(loss_fn, tensors, iters=s.hessian_iters, seed=s.seed)
+        out[metric] = hessian_top(loss_fn, tensors, iters=s.hessian_iters, seed=s.seed,
+                                  desc=f"Hessian of {metric}" if progress else None)  # fmt: skip
     for metric, eig in out.items():
         log.info("Hessian of %s: top eigenvalue %.4g (residual %.1e), largest magnitude %.4g (%d HVP iterations)",
                  metric, eig["top"], eig["top_residual"], eig["largest_magnitude"], eig["iterations"])  # fmt: skip

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 
 def visage(values: np.ndarray, threshold: float) -> float:
@@ -56,7 +57,7 @@ def mean_ci(samples: Sequence[float], z: float = 1.96) -> tuple[float, float]:
 
 def power_iteration(
     loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], iters: int = 20, seed: int = 0,
-    tol: float = 1e-3, shift: float = 0.0,
+    tol: float = 1e-3, shift: float = 0.0, desc: str | None = None,
 ) -> tuple[float, float, int]:  # fmt: skip
     """(eigenvalue, relative residual, iterations): the Hessian eigenvalue farthest from `shift`, by power iteration
     on Hessian-vector products of H − shift·I. Stops when ‖(H − shift·I)v − μv‖ ≤ tol·|μ|, i.e. v is an eigenvector.
@@ -68,13 +69,16 @@ def power_iteration(
     scale = math.sqrt(sum(float((x * x).sum()) for x in v))
     v = [x / scale for x in v]
     mu, residual = 0.0, math.inf
-    for k in range(1, iters + 1):
+    bar = tqdm(range(1, iters + 1), desc=desc, leave=False, disable=desc is None)
+    for k in bar:
         loss = loss_fn()
         grads = torch.autograd.grad(loss, params, create_graph=True)
         hv = [h - shift * x for h, x in zip(torch.autograd.grad(grads, params, grad_outputs=v), v, strict=True)]
+        del loss, grads  # free this graph before the next one is built (peak memory: one double-backward graph)
         mu = float(sum((a * b).sum() for a, b in zip(hv, v, strict=True)))  # Rayleigh quotient (‖v‖ = 1)
         residual = math.sqrt(sum(float(((a - mu * b) ** 2).sum()) for a, b in zip(hv, v, strict=True)))
         residual /= max(abs(mu), 1e-12)
+        bar.set_postfix(eigenvalue=f"{mu + shift:.4g}", residual=f"{residual:.1e}")
         n = math.sqrt(sum(float((x * x).sum()) for x in hv))
         if n == 0 or residual <= tol:
             return mu + shift, residual, k
@@ -89,16 +93,17 @@ def top_hessian_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence
 
 
 def hessian_top(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], iters: int = 20,
-                seed: int = 0) -> dict[str, float]:  # fmt: skip
+                seed: int = 0, desc: str | None = None) -> dict[str, float]:  # fmt: skip
     """The top (most positive) Hessian eigenvalue — the sharpness — and the largest-magnitude one, with residuals.
 
     Power iteration finds the largest |λ|; away from a minimum that can be negative, and then a second run on
     H − λ·I finds the top of the spectrum. A residual above 1e-3 means the iteration budget ran out first
     (raise landscape.hessian_iters).
     """
-    magnitude, res_m, it_m = power_iteration(loss_fn, params, iters, seed)
+    magnitude, res_m, it_m = power_iteration(loss_fn, params, iters, seed, desc=desc)
     out = {"largest_magnitude": magnitude, "largest_magnitude_residual": res_m, "iterations": it_m}
     if magnitude >= 0:
         return {"top": magnitude, "top_residual": res_m, **out}
-    top, res_t, it_t = power_iteration(loss_fn, params, iters, seed, shift=magnitude)
+    top, res_t, it_t = power_iteration(loss_fn, params, iters, seed, shift=magnitude,
+                                       desc=desc and f"{desc} (shifted)")  # fmt: skip
     return {"top": top, "top_residual": res_t, **out, "iterations": it_m + it_t}
