@@ -66,8 +66,9 @@ def _row(name: str, run_dir: Path) -> dict | None:
     if m.get("status") != "completed":
         return {"run": name, "steps": m.get("steps")}
     row = {k: m.get(k) for k in COLUMNS}
-    for metric, (eval_set, field) in VERDICTS.items():
-        verdicts = run_verdicts(run_dir, eval_set, field)
+    by_set = run_verdicts(run_dir, dict(VERDICTS.values()))
+    for metric, (eval_set, _) in VERDICTS.items():
+        verdicts = by_set[eval_set]
         _, lo, hi = bootstrap_mean([verdicts]) if verdicts is not None else (None, None, None)
         row.update({f"{metric}_lo": lo, f"{metric}_hi": hi})
     row.update(run=name, ema_eta=_eta_from_config(run_dir))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -78,19 +78,21 @@ def aggregate_seeds(df: pd.DataFrame, objectives: Sequence[Objective], metrics: 
 
 def harmful_verdicts(run_dir: str | Path) -> np.ndarray | None:
     """The attack_success verdicts (0/1) of the evaluated weights in a run dir's generations.jsonl, or None."""
-    return run_verdicts(run_dir, "harmful", "attack_success")
+    return run_verdicts(run_dir, {"harmful": "attack_success"})["harmful"]
 
 
-def run_verdicts(run_dir: str | Path, eval_set: str, field: str) -> np.ndarray | None:
-    """One 0/1 verdict per prompt of `eval_set` (harmful: attack_success, overrefusal: refused, utility: correct) for
-    the evaluated weights in a run dir's generations.jsonl, or None.
+def run_verdicts(run_dir: str | Path, fields: Mapping[str, str]) -> dict[str, np.ndarray | None]:
+    """Per eval set in `fields` (set → verdict field, e.g. harmful: attack_success, overrefusal: refused, utility:
+    correct), one 0/1 verdict per prompt for the evaluated weights, read in one pass over generations.jsonl; None
+    for a set the file lacks.
 
     A run may hold rows for several weights ("start" with eval.baseline, "live" with eval.also_live); the ones
-    behind the run's ASR are metrics.json's `eval_weights`, else the first weights that are not "start".
+    behind the run's metrics are metrics.json's `eval_weights`, else the first weights that are not "start".
     """
+    out: dict[str, np.ndarray | None] = dict.fromkeys(fields)
     path = Path(run_dir) / "generations.jsonl"
     if not path.is_file():
-        return None
+        return out
     wanted = None
     metrics = Path(run_dir) / "metrics.json"
     if metrics.is_file():
@@ -98,21 +100,25 @@ def run_verdicts(run_dir: str | Path, eval_set: str, field: str) -> np.ndarray |
             wanted = json.loads(metrics.read_text()).get("eval_weights")
         except json.JSONDecodeError:
             wanted = None
-    verdicts, first = {}, None
+    verdicts: dict[str, dict[str, list[bool]]] = {name: {} for name in fields}  # set → weights → verdicts
+    first: dict[str, str] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if row.get("set") != eval_set or field not in row:
+            name = row.get("set")
+            if name not in fields or fields[name] not in row:
                 continue
             w = row.get("weights", "live")
-            if first is None and w != "start":
-                first = w
-            verdicts.setdefault(w, []).append(bool(row[field]))
-    chosen = wanted if wanted in verdicts else first
-    return np.asarray(verdicts[chosen], dtype=float) if chosen in verdicts else None
+            if w != "start":
+                first.setdefault(name, w)
+            verdicts[name].setdefault(w, []).append(bool(row[fields[name]]))
+    for name, by_weights in verdicts.items():
+        chosen = wanted if wanted in by_weights else first.get(name)
+        out[name] = np.asarray(by_weights[chosen], dtype=float) if chosen in by_weights else None
+    return out
 
 
 def bootstrap_mean(samples: Sequence[np.ndarray], n_boot: int = 2000, level: float = 0.95,

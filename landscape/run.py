@@ -114,6 +114,7 @@ def project(point: list[torch.Tensor], centre: list[torch.Tensor], d1: list[torc
 def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     out_dir = Path(out_dir)
     validate_landscape(cfg)
+    identity = _check_same_landscape(cfg, out_dir)  # before loading anything: a mismatched resume fails at once
     s = cfg.landscape
     torch.manual_seed(cfg.seed)
     world, world_root, mcfg = resolve_model(cfg.model, cfg.data, cfg.world, cfg.cache_dir, progress=progress)
@@ -187,7 +188,7 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
                           "residual": resid})  # fmt: skip
         manifest["overlay"] = marks
 
-    _check_same_landscape(cfg, out_dir)
+    atomic_write_json(out_dir / "landscape_identity.json", identity)
     store = PointStore(out_dir, s.worker)
     done = store.done()
     todo = []
@@ -264,19 +265,22 @@ def landscape_identity(cfg: LandscapeAppConfig) -> dict[str, Any]:
     return json.loads(json.dumps(ident, default=str))  # as it reads back from the file
 
 
-def _check_same_landscape(cfg: LandscapeAppConfig, out_dir: Path) -> None:
-    """A run dir holds one landscape: resuming with other settings would mix points of two landscapes."""
+def _check_same_landscape(cfg: LandscapeAppConfig, out_dir: Path) -> dict[str, Any]:
+    """A run dir holds one landscape: resuming with other settings would mix points of two landscapes.
+
+    Returns the identity, to be written (`landscape_identity.json`) once loading succeeded, just before the first point.
+    """
     path = out_dir / "landscape_identity.json"
     ident = landscape_identity(cfg)
-    if not path.exists():
-        atomic_write_json(path, ident)
-        return
+    if not path.exists() or not any(out_dir.glob("points.*.jsonl")):
+        return ident
     old = json.loads(path.read_text())
     changed = sorted(f"{group}.{k}" for group in ident for k in set(ident[group]) | set(old.get(group, {}))
                      if ident[group].get(k) != old.get(group, {}).get(k))  # fmt: skip
     if changed:
         raise ConfigError(f"{out_dir} holds points of a landscape with other settings ({', '.join(changed)}); "
                           "rerun with those settings to resume, or choose a new hydra.run.dir")  # fmt: skip
+    return ident
 
 
 # Metrics where leaving the basin means the value drops (less accuracy, or harmful answers becoming likely).
