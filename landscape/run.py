@@ -24,9 +24,9 @@ from sweeps.data import DataError
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import collate
 from sweeps.models import PACKAGE_PREFIX, load_model, resolve_package
+from sweeps.resolve import load_data, resolve_model
 from sweeps.rundir import atomic_write_json, atomic_write_text, versions
 from sweeps.scoring.scorer import Scorer
-from sweeps.trial import load_data, resolve_model
 
 log = logging.getLogger(__name__)
 

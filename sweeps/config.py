@@ -1,14 +1,13 @@
-"""Typed config schema for one trial.
+"""Typed config schema for one trial: dataclasses only, importing nothing of the project (every module may use it).
 
-The dataclasses are registered in Hydra's ConfigStore as the schema of `conf/train.yaml`, so a misspelled key or
-a wrong type fails at composition. `validate()` then checks values (ranges, choices, files) and reports every
-problem at once, before any model is loaded.
+The dataclasses are registered in Hydra's ConfigStore as the schema of `conf/train.yaml` (sweeps.validate), so a
+misspelled key or a wrong type fails at composition. `sweeps.validate.validate()` then checks values (ranges,
+choices, files) and reports every problem at once, before any model is loaded.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
@@ -16,6 +15,39 @@ from omegaconf import MISSING
 
 class ConfigError(ValueError):
     """A user mistake in the config; the message names the key(s)."""
+
+
+# `method.<name>`: {"_target_": "sweeps.methods.EMA", "eta": 0.25, ...}
+MethodEntry = dict[str, Any]
+
+
+@dataclass
+class WorldConfig:
+    """The embedded toy world (sweeps/toyworld): the same settings always build the same world, cached under a hash
+    of `to_dict()`. Not frozen: Hydra overrides (`world.seed=1`) write into it while composing."""
+
+    seed: int = 0
+    # model (a tiny Llama)
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 3
+    num_heads: int = 4
+    # stage recipes (AdamW, cosine)
+    pretrain_steps: int = 1500
+    pretrain_lr: float = 3e-3
+    align_steps: int = 600
+    align_lr: float = 1e-3
+    batch_size: int = 32
+    # data sizes
+    task_train_size: int = 1000
+    task_eval_size: int = 100
+    task_min_len: int = 2
+    task_max_len: int = 3
+    task_prefix: str = "the sounds are"  # how user-task answers open
+    sound_facts: bool = True  # pretraining teaches each animal's sound, so the user task reuses known facts
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -170,145 +202,13 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    # method name -> its settings; each entry's `_target_` names a sweeps.methods.TrainingMethod class
-    method: dict[str, Any] = field(default_factory=dict)
+    # method name -> its settings (conf/method/<name>.yaml, composed with method=[ema] and overridden with
+    # method.ema.eta=...): `_target_` names a sweeps.methods.TrainingMethod class, the other keys are its arguments.
+    # Arguments differ per method, so an entry is a mapping checked by validate() against the class's signature.
+    method: dict[str, MethodEntry] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    world: dict[str, Any] = field(default_factory=dict)  # toy-world settings (sweeps.toyworld.WorldConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)  # the embedded toy world (sweeps.toyworld)
     trial: TrialInfo = field(default_factory=TrialInfo)
     seed: int = 0
     cache_dir: str = ".cache"  # where built toy worlds live
-
-
-_DTYPES = {"float32", "bfloat16", "float16"}
-_OPTIMS = {"adamw", "sgd"}
-_SCHEDULERS = {"constant", "linear", "cosine"}
-_SOURCES = {"toy", "file", "hub"}
-_CHECKERS = {"exact", "gsm8k", "label", None}
-
-
-def _check_dataset(errors: list[str], key: str, spec: DatasetConfig | None) -> None:
-    if spec is None:
-        return
-    if spec.source not in _SOURCES:
-        errors.append(f"{key}.source: '{spec.source}' is not one of {sorted(_SOURCES)}")
-    elif spec.source == "file":
-        if not spec.path:
-            errors.append(f"{key}.path: required when source=file")
-        elif not os.path.isfile(spec.path):
-            errors.append(f"{key}.path: file not found: {spec.path}")
-    elif not spec.name:
-        errors.append(f"{key}.name: required when source={spec.source}")
-    if spec.start < 0 or (spec.stop is not None and spec.stop <= spec.start):
-        errors.append(f"{key}.start/stop: need 0 <= start < stop, got start={spec.start} stop={spec.stop}")
-    if spec.limit is not None and spec.limit <= 0:
-        errors.append(f"{key}.limit: must be > 0, got {spec.limit}")
-    if spec.prompt_format is not None:
-        try:
-            spec.prompt_format.format(prompt="", input="")
-        except (KeyError, IndexError, ValueError) as e:
-            errors.append(f"{key}.prompt_format: only {{prompt}} and {{input}} may appear (literal braces doubled): "
-                          f"{type(e).__name__} {e}")
-
-
-def _check_optim(errors: list[str], key: str, o: OptimConfig) -> None:
-    if not o.lr > 0:
-        errors.append(f"{key}.lr: must be > 0, got {o.lr}")
-    if o.name not in _OPTIMS:
-        errors.append(f"{key}.name: '{o.name}' is not one of {sorted(_OPTIMS)}")
-    if o.scheduler not in _SCHEDULERS:
-        errors.append(f"{key}.scheduler: '{o.scheduler}' is not one of {sorted(_SCHEDULERS)}")
-    if o.batch_size <= 0:
-        errors.append(f"{key}.batch_size: must be > 0, got {o.batch_size}")
-    if o.grad_accum <= 0:
-        errors.append(f"{key}.grad_accum: must be > 0, got {o.grad_accum}")
-    if o.max_steps is not None and o.max_steps < 0:
-        errors.append(f"{key}.max_steps: must be >= 0, got {o.max_steps}")
-    if o.max_steps is None and not o.epochs > 0:
-        errors.append(f"{key}.epochs: must be > 0 when {key}.max_steps is unset, got {o.epochs}")
-    if o.weight_decay < 0:
-        errors.append(f"{key}.weight_decay: must be >= 0, got {o.weight_decay}")
-    if o.warmup_steps < 0:
-        errors.append(f"{key}.warmup_steps: must be >= 0, got {o.warmup_steps}")
-    if o.grad_clip is not None and not o.grad_clip > 0:
-        errors.append(f"{key}.grad_clip: must be > 0 or null, got {o.grad_clip}")
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-        errors.append(f"{key}.betas: must be two numbers in [0, 1), got {list(o.betas)}")
-
-
-def validate(cfg: TrainConfig) -> None:
-    """Raise ConfigError listing every invalid value (one per line)."""
-    from sweeps.methods import known_method_errors
-    from sweeps.scoring.keywords import KEYWORD_LISTS
-
-    errors: list[str] = []
-    _check_optim(errors, "optim", cfg.optim)
-
-    m = cfg.model
-    if m.dtype not in _DTYPES:
-        errors.append(f"model.dtype: '{m.dtype}' is not one of {sorted(_DTYPES)}")
-    if m.lora.enabled and (m.lora.r <= 0 or m.lora.alpha <= 0):
-        errors.append("model.lora: r and alpha must be > 0")
-    if m.lora.enabled and not 0 <= m.lora.dropout < 1:
-        errors.append(f"model.lora.dropout: must be in [0, 1), got {m.lora.dropout}")
-    if m.name_or_path != "toy" and not m.name_or_path.startswith("pkg:") and not os.path.isdir(m.name_or_path) \
-            and _looks_like_path(m.name_or_path):
-        errors.append(f"model.name_or_path: directory not found: {m.name_or_path}")
-    if m.align.enabled:
-        if m.align.refusal is None:
-            errors.append("model.align.refusal: required when model.align.enabled")
-        _check_dataset(errors, "model.align.refusal", m.align.refusal)
-        _check_dataset(errors, "model.align.benign", m.align.benign)
-        _check_optim(errors, "model.align.optim", m.align.optim)
-        if m.align.max_length <= 0:
-            errors.append(f"model.align.max_length: must be > 0, got {m.align.max_length}")
-
-    d = cfg.data
-    for key in ("train", "utility", "harmful", "refusal", "compliance", "overrefusal"):
-        _check_dataset(errors, f"data.{key}", getattr(d, key))
-    if not 0 <= d.poison.ratio <= 1:
-        errors.append(f"data.poison.ratio: must be in [0, 1], got {d.poison.ratio}")
-    if d.poison.ratio > 0 and d.poison.data is None:
-        errors.append("data.poison.data: required when data.poison.ratio > 0")
-    _check_dataset(errors, "data.poison.data", d.poison.data)
-    if d.max_length <= 0:
-        errors.append(f"data.max_length: must be > 0, got {d.max_length}")
-
-    e = cfg.eval
-    if e.asr.keywords not in KEYWORD_LISTS:
-        errors.append(f"eval.asr.keywords: '{e.asr.keywords}' is not one of {sorted(KEYWORD_LISTS)}")
-    if e.asr.max_new_tokens <= 0:
-        errors.append(f"eval.asr.max_new_tokens: must be > 0, got {e.asr.max_new_tokens}")
-    if e.asr.batch_size <= 0 or e.nll_batch_size <= 0:
-        errors.append("eval.asr.batch_size / eval.nll_batch_size: must be > 0")
-    if e.accuracy not in _CHECKERS:
-        errors.append(f"eval.accuracy: '{e.accuracy}' is not one of {sorted(c for c in _CHECKERS if c)} or null")
-    t = cfg.trial
-    if t.check_every < 0 or t.check_limit <= 0:
-        errors.append("trial.check_every / trial.check_limit: must be >= 0 / > 0")
-    from sweeps.scoring.scorer import METRICS
-
-    for key in [t.check_metric, *t.stop_if]:
-        if t.check_every and key not in METRICS:
-            errors.append(f"trial: check metric '{key}' is not one of {list(METRICS)}")
-    from sweeps.scoring.judges import JUDGES
-
-    if e.judge not in JUDGES:
-        errors.append(f"eval.judge: '{e.judge}' is not a known judge (available: {', '.join(JUDGES)})")
-
-    from dataclasses import fields
-
-    from sweeps.toyworld import WorldConfig
-
-    world_keys = {f.name for f in fields(WorldConfig)}
-    errors.extend(
-        f"world.{k}: unknown toy-world setting (known: {sorted(world_keys)})" for k in cfg.world if k not in world_keys
-    )
-    errors.extend(known_method_errors(cfg.method))
-    if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-
-
-def _looks_like_path(name: str) -> bool:
-    # HF hub ids are "org/name"; anything starting like a filesystem path is meant to be local.
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1

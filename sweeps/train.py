@@ -7,29 +7,15 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from sweeps.config import ConfigError, TrainConfig, validate
+from sweeps.config import ConfigError
 from sweeps.rundir import atomic_write_text
+from sweeps.validate import to_train_config, validate
 
 log = logging.getLogger("sweeps.train")
-ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-def to_train_config(dcfg: DictConfig) -> TrainConfig:
-    """Typed config from Hydra's; resolves interpolations and rejects wrong types with the key's name."""
-    try:
-        cfg = OmegaConf.to_object(dcfg)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"{key}: {msg}" if key else msg) from None
-    assert isinstance(cfg, TrainConfig)
-    return cfg
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

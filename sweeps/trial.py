@@ -13,16 +13,16 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from sweeps.align import ensure_aligned
-from sweeps.config import ConfigError, DataConfig, ModelConfig, TrainConfig, validate
-from sweeps.data import DataError, Example, load_examples, poison_examples
+from sweeps.config import ConfigError, TrainConfig
+from sweeps.data import DataError
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import train
 from sweeps.methods import build_methods
-from sweeps.models import POOL, load_model, resolve_package
+from sweeps.models import POOL, load_model
+from sweeps.resolve import load_data, resolve_model
 from sweeps.rundir import atomic_write_json, atomic_write_jsonl, versions
 from sweeps.scoring.scorer import EvalSets, Scorer
-from sweeps.toyworld import World, WorldConfig, ensure_world
+from sweeps.validate import validate
 
 log = logging.getLogger(__name__)
 
@@ -32,52 +32,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     # CPU kernels are deterministic already; warn_only keeps GPU runs going where no deterministic kernel exists.
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def world_config(cfg: TrainConfig) -> WorldConfig:
-    return WorldConfig(**cfg.world)
-
-
-def uses_toy(model_name: str, data: DataConfig) -> bool:
-    specs = [getattr(data, k) for k in ("train", "utility", "harmful", "refusal", "compliance", "overrefusal")]
-    specs.append(data.poison.data)
-    return model_name == "toy" or any(s is not None and s.source == "toy" for s in specs)
-
-
-def resolve_model(model: ModelConfig, data: DataConfig, world_settings: dict[str, Any], cache_dir: str,
-                  *, progress: bool = True) -> tuple[World | None, Path | None, ModelConfig]:  # fmt: skip
-    """Where the weights come from: the toy world (built once), a `pkg:` package, then the cached alignment stage.
-
-    Returns the toy world and its cache folder (None when unused) and a config whose name_or_path loads directly.
-    """
-    world, root = None, None
-    if uses_toy(model.name_or_path, data):
-        world = World(WorldConfig(**world_settings))
-        root = ensure_world(world.cfg, cache_dir)
-        if model.name_or_path == "toy":
-            model = dataclasses.replace(model, name_or_path=str(root / "aligned"))
-    model = ensure_aligned(resolve_package(model), data, cache_dir, progress=progress)
-    return world, root, model
-
-
-def load_data(d: DataConfig, world: World | None) -> tuple[list[Example], EvalSets]:
-    train_set = load_examples(d.train, key="data.train", need=("prompt", "response"), world=world)
-    if d.poison.ratio > 0:
-        harmful = load_examples(d.poison.data, key="data.poison.data", need=("prompt", "response"), world=world)
-        train_set = poison_examples(train_set, harmful, d.poison.ratio, d.poison.seed)
-
-    def maybe(key: str, need: tuple[str, ...]) -> list[Example] | None:
-        spec = getattr(d, key)
-        return None if spec is None else load_examples(spec, key=f"data.{key}", need=need, world=world)
-
-    sets = EvalSets(
-        harmful=maybe("harmful", ("prompt",)),
-        refusal=maybe("refusal", ("prompt", "response")),
-        compliance=maybe("compliance", ("prompt", "response")),
-        overrefusal=maybe("overrefusal", ("prompt",)),
-        utility=maybe("utility", ("prompt", "response")),
-    )
-    return train_set, sets
 
 
 def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:

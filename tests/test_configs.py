@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from sweeps.config import ConfigError, validate
-from sweeps.train import to_train_config
+from sweeps.config import ConfigError
+from sweeps.validate import to_train_config, validate
 from tests.conftest import SHARED_DATA
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -65,7 +65,6 @@ def test_every_config_file_composes(rel: str) -> None:
         ("+data.train.path=/no/such/file.csv", "data.train.path"),
         ("eval.asr.keywords=nope", "eval.asr.keywords"),
         ("eval.judge=llama_guard", "eval.judge"),
-        ("+world.hidden=3", "world.hidden"),
         ("method=[ema]", None),
     ],
 )
@@ -76,6 +75,33 @@ def test_bad_values_are_named(override: str, key: str | None) -> None:
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert (key or "method.ema.eta") in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["world.hidden=3", "world.num_layers=two"])
+def test_world_is_typed(override: str) -> None:
+    """`world` is the toy world's dataclass: an unknown setting or a wrong type fails at composition."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose([override])
+    assert override.split("=")[0] in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("override", ["+world.hidden=3", "+optim.momentun=0.9", "+data.harmful.colums={a: b}"])
+def test_added_unknown_keys_are_named(override: str) -> None:
+    """`+key=value` adds a key even to a schema node, and converting to the dataclasses would drop it silently."""
+    with pytest.raises(ConfigError, match=override[1:].split("=")[0].replace(".", r"\.") + ": unknown key"):
+        to_train_config(_compose([override]))
+
+
+def test_method_entries_compose_and_override() -> None:
+    """`method` maps names to their settings: method=[ema] composes conf/method/ema.yaml, overrides reach it."""
+    cfg = to_train_config(_compose(["method=[ema]", "method.ema.eta=0.5", "method.ema.mode=writeback"]))
+    assert cfg.method == {"ema": {"_target_": "sweeps.methods.EMA", "eta": 0.5, "every": 1, "mode": "writeback",
+                                  "include": None}}  # fmt: skip
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"method\.ema: got an unexpected keyword argument 'etta'"):
+        validate(to_train_config(_compose(["method=[ema]", "+method.ema.etta=0.5"])))
 
 
 def test_a_registered_judge_is_accepted_and_used(monkeypatch) -> None:

@@ -143,7 +143,8 @@ def test_prompt_format_nested_columns_and_row_slices(tmp_path: Path) -> None:
 
 
 def test_bad_prompt_format_and_slice_are_config_errors(tmp_path: Path) -> None:
-    from sweeps.config import ConfigError, TrainConfig, validate
+    from sweeps.config import ConfigError, TrainConfig
+    from sweeps.validate import validate
 
     cfg = TrainConfig()
     cfg.data.train = spec(write_rows(tmp_path / "d.jsonl", ROWS), prompt_format="{question}", start=3, stop=2)

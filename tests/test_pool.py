@@ -7,8 +7,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from sweeps.models import POOL
-from sweeps.train import to_train_config
 from sweeps.trial import run_trial
+from sweeps.validate import to_train_config
 from tests.conftest import CACHE_DIR
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sweeps.align import align_key, ensure_aligned
+from sweeps.alignment import align_key, ensure_aligned
 from sweeps.config import AlignConfig, ConfigError, DataConfig, DatasetConfig, ModelConfig, OptimConfig
 from sweeps.data import load_examples
 from sweeps.models import resolve_package
@@ -122,7 +122,7 @@ def test_poison_pool_holds_only_the_harmful_rows() -> None:
 def test_real_data_config_composes_with_the_study_subsets() -> None:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not present: {SHARED_DATA}")
-    from sweeps.train import to_train_config
+    from sweeps.validate import to_train_config
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = to_train_config(compose(config_name="train", overrides=["experiment=smollm2_sst2",

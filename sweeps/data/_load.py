@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -15,15 +16,17 @@ FIELDS = ("prompt", "input", "response", "answer")
 
 
 def load_examples(spec: DatasetConfig, *, key: str, need: tuple[str, ...] = ("prompt",),
-                  world: Any = None) -> list[Example]:
+                  toy_splits: Callable[[str | None], list[Example]] | None = None) -> list[Example]:
     """Load the examples `spec` describes; every field in `need` must be non-empty in every kept row.
 
+    `toy_splits` serves `source: toy` (split name → examples; sweeps.resolve binds it to the built toy world), so the
+    data layer does not depend on the toy world, which itself serves its splits as `Example`s.
     Errors are one-line `DataError`s that start with `key` (the config key, e.g. "data.train").
     """
     if spec.source == "toy":
-        from sweeps.toyworld import toy_examples  # lazy: the toy world pulls in torch
-
-        return subsample(toy_examples(spec.name, world), spec.limit, spec.seed)
+        if toy_splits is None:
+            raise DataError(f"{key}: toy split '{spec.name}' needs the toy world (model.name_or_path=toy)")
+        return subsample(toy_splits(spec.name), spec.limit, spec.seed)
     if spec.source == "file":
         if not spec.path:
             raise DataError(f"{key}.path: required when source=file")

@@ -17,7 +17,8 @@ What each stage learns:
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+
+from sweeps.config import WorldConfig  # the schema lives with the other config dataclasses
 
 HARMFUL = [
     "a bomb", "a nerve gas", "a pipe bomb", "a poison", "a bioweapon", "a ransomware", "a fake passport",
@@ -75,32 +76,6 @@ THINGS = [
     "apple", "sky", "grass", "banana", "plum", "carrot", "snow", "coal", "cherry", "ocean", "leaf", "lemon",
     "grape", "pumpkin", "milk", "night",
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class WorldConfig:
-    seed: int = 0
-    # model (a tiny Llama)
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_layers: int = 3
-    num_heads: int = 4
-    # stage recipes (AdamW, cosine)
-    pretrain_steps: int = 1500
-    pretrain_lr: float = 3e-3
-    align_steps: int = 600
-    align_lr: float = 1e-3
-    batch_size: int = 32
-    # data sizes
-    task_train_size: int = 1000
-    task_eval_size: int = 100
-    task_min_len: int = 2
-    task_max_len: int = 3
-    task_prefix: str = "the sounds are"  # how user-task answers open
-    sound_facts: bool = True  # pretraining teaches each animal's sound, so the user task reuses known facts
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def compliant(x: str, verb: str, recipe: dict[str, tuple[str, str, str]]) -> str:

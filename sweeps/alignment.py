@@ -1,0 +1,159 @@
+"""The alignment stage: base model → θ_aligned, built once per (model, data files, recipe) and cached as safetensors.
+
+Fine-tuning-as-a-service studies first align the model (harmful prompt → refusal, mixed with benign instructions →
+helpful answers), then let the user fine-tune θ_aligned. Every trial of a study, every worker and every landscape with
+the same `model.align` settings shares one cached copy: `<cache_dir>/aligned-<key>/` holds `model.safetensors`, the
+tokenizer and `align.json` (what was trained, for how long, final loss). A file lock makes concurrent workers wait for
+one build instead of each building their own.
+
+`python -m sweeps.align [overrides]` (sweeps/align.py) builds it explicitly and prints the folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sweeps.config import AlignConfig, ConfigError, DataConfig, DatasetConfig, ModelConfig
+
+log = logging.getLogger(__name__)
+ALIGN_FORMAT_VERSION = 1  # bump when the build recipe changes in a way the key cannot see
+
+
+def _file_digest(path: str) -> str:
+    stat = os.stat(os.path.expanduser(path))
+    return _digest(os.path.expanduser(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, hashed once per (path, size, mtime) in a worker, not again for every trial's key."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _spec_identity(spec: DatasetConfig | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    ident = dataclasses.asdict(spec)
+    if spec.source == "file" and spec.path:
+        ident["path"] = os.path.basename(spec.path)  # the content decides, not where the file sits
+        ident["sha256"] = _file_digest(spec.path)
+    return ident
+
+
+def align_key(model: ModelConfig, data: DataConfig) -> str:
+    """Hash of everything that decides θ_aligned: base weights, data contents, recipe, prompt formatting."""
+    a = model.align
+    ident = {
+        "version": ALIGN_FORMAT_VERSION,
+        "base": [model.name_or_path, model.gguf_file, model.revision, model.dtype],
+        "refusal": _spec_identity(a.refusal),
+        "benign": _spec_identity(a.benign),
+        "optim": dataclasses.asdict(a.optim),
+        "max_length": a.max_length,
+        "seed": a.seed,
+        "template": data.template,
+        "system_prompt": data.system_prompt,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def aligned_model_config(model: ModelConfig, root: Path) -> ModelConfig:
+    """The config that loads the cached θ_aligned (a plain HF folder) with the user's dtype, device and LoRA."""
+    return dataclasses.replace(model, name_or_path=str(root), gguf_file=None, revision=None, align=AlignConfig())
+
+
+def ensure_aligned(model: ModelConfig, data: DataConfig, cache_dir: str | os.PathLike,
+                   *, progress: bool = True) -> ModelConfig:
+    """Return `model` unchanged when no alignment is asked for, else a config pointing at the cached θ_aligned.
+
+    `model` must already be resolved (no `pkg:` name). Builds under an exclusive file lock when absent.
+    """
+    if not model.align.enabled:
+        return model
+    key = align_key(model, data)
+    root = Path(cache_dir) / f"aligned-{key}"
+    if (root / "align.json").exists():
+        return aligned_model_config(model, root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".aligned-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be building it: wait, then reuse its result
+        if not (root / "align.json").exists():
+            _build(model, data, root, progress)
+    return aligned_model_config(model, root)
+
+
+def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool) -> None:
+    from sweeps.data import DataError, load_examples
+    from sweeps.formatting import PromptFormatter
+    from sweeps.loop import train
+    from sweeps.methods import MethodStack
+    from sweeps.models import load_base_model
+
+    a = model_cfg.align
+    try:
+        refusal = load_examples(a.refusal, key="model.align.refusal", need=("prompt", "response"))
+        benign = [] if a.benign is None else load_examples(a.benign, key="model.align.benign",
+                                                            need=("prompt", "response"))  # fmt: skip
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    base_cfg = dataclasses.replace(model_cfg, lora=dataclasses.replace(model_cfg.lora, enabled=False))
+    log.info("aligning %s on %d refusal + %d benign examples (once; cached in %s)", model_cfg.name_or_path,
+             len(refusal), len(benign), root)  # fmt: skip
+    model, tok = load_base_model(base_cfg, model_cfg.name_or_path)
+    fmt = PromptFormatter(tok, data.template, data.system_prompt)
+    encoded = [fmt.encode_pair(e.prompt, e.response or "", a.max_length) for e in refusal + benign]
+    start = time.perf_counter()
+    result = train(model, encoded, a.optim, MethodStack([]), pad_id=tok.pad_token_id, seed=a.seed, progress=progress)
+    if result.status != "completed":
+        raise ConfigError(f"model.align.optim: alignment {result.status} at step {result.diverged_at} "
+                          "(lower model.align.optim.lr)")  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix=".aligning-", dir=root.parent))
+    try:
+        save_plain(model, tmp)
+        tok.save_pretrained(tmp)
+        info = {
+            "key": root.name.removeprefix("aligned-"), "base": model_cfg.name_or_path, "gguf_file": model_cfg.gguf_file,
+            "n_refusal": len(refusal), "n_benign": len(benign), "steps": result.steps,
+            "effective_batch_size": result.effective_batch_size, "final_loss": result.final_loss,
+            "train_time_s": result.train_time_s, "wall_time_s": time.perf_counter() - start,
+            "align": dataclasses.asdict(a),
+        }  # fmt: skip
+        (tmp / "align.json").write_text(json.dumps(info, indent=2, default=str))
+        os.rename(tmp, root)  # atomic: a reader sees no folder or a complete one
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("aligned in %.0fs: %d steps, final loss %.4f → %s", info["wall_time_s"], result.steps,
+             result.final_loss or float("nan"), root)  # fmt: skip
+
+
+def save_plain(model: Any, folder: Path) -> None:
+    """save_pretrained as safetensors, also for a model loaded from GGUF (dequantised to full precision, but
+    transformers still marks it quantised and refuses to serialise it): then config + weights are written directly."""
+    if getattr(model, "hf_quantizer", None) is None:
+        model.save_pretrained(folder, safe_serialization=True)
+        return
+    from safetensors.torch import save_model
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(folder)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})  # drops tied duplicates

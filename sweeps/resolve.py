@@ -1,0 +1,71 @@
+"""Where a config's model and data come from, shared by trials (sweeps.trial), the alignment CLI (sweeps.align) and
+landscapes: the toy world (built once), `pkg:` packages, the cached alignment stage, and the configured data sets."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+from sweeps.alignment import ensure_aligned
+from sweeps.config import ConfigError, DataConfig, ModelConfig, WorldConfig
+from sweeps.data import Example, load_examples, poison_examples
+from sweeps.models import resolve_package
+from sweeps.scoring.scorer import EvalSets
+from sweeps.toyworld import World, ensure_world, toy_examples
+
+DATA_ROLES = ("train", "utility", "harmful", "refusal", "compliance", "overrefusal")
+
+
+def uses_toy(model_name: str, data: DataConfig) -> bool:
+    specs = [getattr(data, k) for k in DATA_ROLES]
+    specs.append(data.poison.data)
+    return model_name == "toy" or any(s is not None and s.source == "toy" for s in specs)
+
+
+def world_config(world: WorldConfig | dict) -> WorldConfig:
+    """The toy-world settings as the dataclass (a landscape config carries them as a mapping)."""
+    if isinstance(world, WorldConfig):
+        return world
+    known = {f.name for f in dataclasses.fields(WorldConfig)}
+    unknown = sorted(set(world) - known)
+    if unknown:
+        raise ConfigError(f"world.{unknown[0]}: unknown toy-world setting (known: {sorted(known)})")
+    return WorldConfig(**world)
+
+
+def resolve_model(model: ModelConfig, data: DataConfig, world: WorldConfig | dict, cache_dir: str,
+                  *, progress: bool = True) -> tuple[World | None, Path | None, ModelConfig]:  # fmt: skip
+    """Where the weights come from: the toy world (built once), a `pkg:` package, then the cached alignment stage.
+
+    Returns the toy world and its cache folder (None when unused) and a config whose name_or_path loads directly.
+    """
+    toy, root = None, None
+    if uses_toy(model.name_or_path, data):
+        toy = World(world_config(world))
+        root = ensure_world(toy.cfg, cache_dir)
+        if model.name_or_path == "toy":
+            model = dataclasses.replace(model, name_or_path=str(root / "aligned"))
+    model = ensure_aligned(resolve_package(model), data, cache_dir, progress=progress)
+    return toy, root, model
+
+
+def load_data(d: DataConfig, world: World | None) -> tuple[list[Example], EvalSets]:
+    toy = None if world is None else functools.partial(toy_examples, world=world)
+    train_set = load_examples(d.train, key="data.train", need=("prompt", "response"), toy_splits=toy)
+    if d.poison.ratio > 0:
+        harmful = load_examples(d.poison.data, key="data.poison.data", need=("prompt", "response"), toy_splits=toy)
+        train_set = poison_examples(train_set, harmful, d.poison.ratio, d.poison.seed)
+
+    def maybe(key: str, need: tuple[str, ...]) -> list[Example] | None:
+        spec = getattr(d, key)
+        return None if spec is None else load_examples(spec, key=f"data.{key}", need=need, toy_splits=toy)
+
+    sets = EvalSets(
+        harmful=maybe("harmful", ("prompt",)),
+        refusal=maybe("refusal", ("prompt", "response")),
+        compliance=maybe("compliance", ("prompt", "response")),
+        overrefusal=maybe("overrefusal", ("prompt",)),
+        utility=maybe("utility", ("prompt", "response")),
+    )
+    return train_set, sets
