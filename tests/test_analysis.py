@@ -26,6 +26,7 @@ from analysis.pareto import (
     DEFAULT_OBJECTIVES,
     Objective,
     compare,
+    eligible,
     hypervolume,
     hypervolume_history,
     on_front,
@@ -417,6 +418,39 @@ def test_heatmap_bins_grid_values_or_log_bins() -> None:
     cont = figures.Bins(pd.Series(10 ** np.linspace(-4, -2, 50)), max_bins=4)
     idx = cont.assign(pd.Series([1e-4, 1e-2, 1e-3]))
     assert idx.tolist() == [0, 3, 2] and len(cont.labels) == 4
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tpe_like_floats_each_land_in_exactly_one_bin(seed) -> None:
+    """Log-uniform floats with full precision (a TPE study's lr): the smallest and largest included."""
+    v = pd.Series(10 ** np.random.default_rng(seed).uniform(-5.3, -2.1, 200))
+    bins = figures.Bins(v)
+    idx = bins.assign(v)
+    assert idx.notna().all(), v[idx.isna()].tolist()
+    assert idx.between(0, len(bins.labels) - 1).all()
+    assert idx[v.idxmin()] == 0 and idx[v.idxmax()] == len(bins.labels) - 1
+    assert bins.edges is not None  # every value of one bin lies between that bin's edges
+    t = np.log10(v.to_numpy())
+    assert ((t >= bins.edges[idx.astype(int)]) & (t <= bins.edges[idx.astype(int) + 1])).all()
+    tiny = figures.Bins(pd.Series([3.1e-13, 7.7e-13, 3.1e-13 * (1 + 1e-15)]))  # grid values below 1e-12, float noise
+    assert len(tiny.labels) == 2 and tiny.assign(pd.Series([3.1e-13, 7.7e-13, 3.1e-13 * (1 + 1e-15)])).tolist() \
+        == [0, 1, 0]  # fmt: skip
+
+
+def test_heatmap_and_vs_lr_data_hold_every_eligible_trial(tmp_path) -> None:
+    df = synthetic_trials(n=120, seed=3)  # continuous lr (TPE-like): more distinct values than bins
+    rng = np.random.default_rng(3)
+    df["lr"] = 10 ** rng.uniform(-5.1, -2.3, len(df))
+    df.loc[5, "asr"] = np.nan  # not eligible: dropped on purpose, not by the binning
+    ok = int(eligible(df, ASR_UTIL).sum())
+    for method, sub in df.groupby("method"):  # per-method heatmaps on the study's cells, as the report draws them
+        rows, xb, yb = figures.binned(sub, ASR_UTIL, "lr", "effective_batch_size", bins_from=df)
+        assert len(rows) == int(eligible(sub, ASR_UTIL).sum()) and rows[["x_bin", "y_bin"]].notna().all().all()
+    rows, xb, _ = figures.binned(df, ASR_UTIL, "lr")
+    assert len(rows) == ok and rows["x_bin"].notna().all()
+    counts = rows.groupby("x_bin").size()
+    assert counts.sum() == ok and len(counts) == len(xb.labels)
+    assert figures.heatmaps(df, tmp_path / "h", ASR_UTIL) and figures.metric_vs_lr(df, tmp_path / "v", ASR_UTIL)
 
 
 # ---------------------------------------------------------------------------------------------------------------
