@@ -117,6 +117,8 @@ def bootstrap_mean(samples: Sequence[np.ndarray], n_boot: int = 2000, level: flo
     samples = [np.asarray(s, float) for s in samples if len(s)]
     if not samples:
         return np.nan, np.nan, np.nan
+    if n_boot < 1:  # no resamples asked for: the mean, no interval
+        return float(np.mean([s.mean() for s in samples])), np.nan, np.nan
     boot = np.zeros(n_boot)
     for s in samples:
         boot += s[rng.integers(0, len(s), size=(n_boot, len(s)))].mean(axis=1)
