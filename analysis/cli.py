@@ -14,11 +14,43 @@ come after composition; here every user mistake is one `error: ...` line and exi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from analysis.errors import AnalysisError
+
+COLOR_BY = ("lr", "effective_batch_size", "eta")
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _unwritable(path: Path, folder: bool) -> str | None:
+    """Why `path` (a folder to fill, or a file to write) cannot be written, checked before any source is read and
+    without creating anything: it, or its nearest existing parent, must be a writable folder."""
+    if path.exists():
+        if folder and not path.is_dir():
+            return f"'{path}' exists and is not a folder"
+        if not folder and path.is_dir():
+            return f"'{path}' is a folder"
+    parent = path if folder else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create '{path}': '{parent}' is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write into '{parent}'"
+    return None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,14 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", help="write the table to this CSV file (default: print a summary)")
     s = sub.add_parser("front", parents=[common], help="the Pareto front (recipes averaged over seeds)")
     s.add_argument("-o", "--out", help="also write the front to this file (.csv or .tex)")
-    s.add_argument("--bootstrap", type=int, default=2000, help="resamples for the ASR interval (0: none)")
+    s.add_argument("--bootstrap", type=_count, default=2000, help="resamples for the ASR interval (0: none)")
     s = sub.add_parser("compare", parents=[common], help="fronts of several methods or studies, dominance summary")
     s.add_argument("--by", default="method", help="group by this column: method (default), study, ...")
     s = sub.add_parser("report", parents=[common], help="every figure and table into a folder with an index page")
     s.add_argument("-o", "--out", required=True, help="the report folder (created; files in it are replaced)")
     s.add_argument("--by", default="method", help="grouping compared on one figure: method (default), study, ...")
-    s.add_argument("--color-by", default="lr,effective_batch_size,eta", help="Pareto scatter colourings")
-    s.add_argument("--bootstrap", type=int, default=2000, help="resamples for the ASR intervals")
+    s.add_argument("--color-by", help=f"Pareto scatter colourings, columns of the trial table (default: "
+                   f"{','.join(COLOR_BY)}, those present)")  # fmt: skip
+    s.add_argument("--bootstrap", type=_count, default=2000, help="resamples for the ASR intervals (0: none)")
     return p
 
 
@@ -67,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or folder that could not be written after all (disk full, permissions)
+        print(f"error: cannot write {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -93,6 +129,8 @@ def _run(args: argparse.Namespace) -> int:
     ref = parse_reference(args.ref, objectives)
     if args.command == "front" and args.out and Path(args.out).suffix not in (".csv", ".tex"):
         raise AnalysisError(f"--out: '{args.out}' should end in .csv or .tex")
+    if getattr(args, "out", None) and (why := _unwritable(Path(args.out), folder=args.command == "report")):
+        raise AnalysisError(f"--out: {why}")
     df = loading.load(args.sources, args.study or None, labels, args.constraint, progress=not args.quiet)
     if not len(df):
         raise AnalysisError("the sources hold no trials")
@@ -138,8 +176,16 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from analysis.report import ReportOptions, write_report
 
+    if args.color_by is None:
+        color_by = list(COLOR_BY)
+    else:
+        color_by = [c for c in args.color_by.split(",") if c]
+        unknown = [c for c in color_by if c not in df.columns]
+        if unknown or not color_by:
+            raise AnalysisError(f"--color-by: no column {', '.join(map(repr, unknown)) or 'given'}; use columns of "
+                                f"the trial table, e.g. {','.join(COLOR_BY)}")  # fmt: skip
     opts = ReportOptions(objectives=objectives, ref=ref, feasible_only=args.feasible_only, by=args.by,
-                         color_by=[c for c in args.color_by.split(",") if c], n_boot=args.bootstrap,
+                         color_by=color_by, n_boot=args.bootstrap,
                          progress=not args.quiet)  # fmt: skip
     index = write_report(df, args.out, opts)
     print(f"report: {index}")

@@ -19,8 +19,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from analysis._io import save_figure_atomic
 from analysis.pareto import Objective, eligible, frame_hypervolume, on_front, values
-from analysis.stats import mean_ci
 from analysis.style import PALETTE, SEQUENTIAL, figure, paper_style
+from sweeps.stats import mean_ci
 
 LABELS = {
     "asr": "ASR", "utility_acc": "utility accuracy", "over_refusal": "over-refusal", "safety_loss": "safety loss",
@@ -210,36 +210,62 @@ def _cmap():
 
 class Bins:
     """Bins of one axis, made from a reference column and applied to any rows: the distinct values when there are
-    at most max_bins of them (a grid sweep), else max_bins equal-width bins in log (or linear) space (a TPE sweep's
-    continuous lr). Made once per study, so every method's heatmap has the same cells."""
+    at most max_bins of them (a grid sweep; values equal to 1e-9 relative, float noise, are one value), else max_bins
+    equal-width bins in log (or linear) space from the smallest to the largest value, the last edge inclusive (a TPE
+    sweep's continuous lr). Made once per study, so every method's heatmap has the same cells; every reference value
+    lands in exactly one bin (edges and assignment use the same unrounded floats)."""
 
     def __init__(self, reference: pd.Series, max_bins: int = 7, log: bool = True) -> None:
         v = pd.to_numeric(reference, errors="coerce").to_numpy(float)
-        distinct = np.unique(np.round(v[np.isfinite(v)], 12))
+        v = np.unique(v[np.isfinite(v)])
         self.edges: np.ndarray | None = None
-        self.log = log and len(distinct) > 0 and distinct.min() > 0
+        self.log = log and len(v) > 0 and v.min() > 0
+        distinct = v[np.r_[True, ~np.isclose(v[1:], v[:-1], rtol=1e-9, atol=0)]] if len(v) else v
         if len(distinct) <= max_bins:
             self.centres = distinct
             self.labels = [fmt_value(d) for d in distinct]
             return
-        t = np.log10(distinct) if self.log else distinct
-        self.edges = np.linspace(t.min(), t.max(), max_bins + 1)
+        t = self._scale(v)
+        self.edges = np.linspace(t.min(), t.max(), max_bins + 1)  # the ends are exactly t.min() and t.max()
         mid = (self.edges[:-1] + self.edges[1:]) / 2
         self.centres = 10**mid if self.log else mid
         self.labels = [fmt_value(float(f"{c:.2g}")) for c in self.centres]
 
+    def _scale(self, v: np.ndarray) -> np.ndarray:
+        if not self.log:
+            return v
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log10(np.where(v > 0, v, np.nan))
+
     def assign(self, col: pd.Series) -> pd.Series:
-        """Bin index per row (NaN outside the reference's values or range)."""
+        """Bin index per row (NaN for a value outside the reference's values or range, or not a number)."""
         v = pd.to_numeric(col, errors="coerce").to_numpy(float)
         if self.edges is None:
-            idx = np.searchsorted(self.centres, np.round(v, 12)).clip(0, max(len(self.centres) - 1, 0))
-            hit = np.isfinite(v) & (len(self.centres) > 0)
-            hit &= np.isclose(self.centres[idx] if len(self.centres) else v, np.round(v, 12), rtol=1e-9, atol=0)
+            if not len(self.centres):
+                return pd.Series(np.nan, index=col.index)
+            gap = np.abs(v[:, None] - self.centres[None, :])
+            idx = np.where(np.isnan(gap), np.inf, gap).argmin(axis=1)  # the nearest value
+            hit = np.isfinite(v) & np.isclose(self.centres[idx], v, rtol=1e-9, atol=0)
         else:
-            t = np.log10(np.where(v > 0, v, np.nan)) if self.log else v
-            idx = np.clip(np.searchsorted(self.edges, t, side="right") - 1, 0, len(self.edges) - 2)
-            hit = np.isfinite(t) & (t >= self.edges[0] - 1e-12) & (t <= self.edges[-1] + 1e-12)
+            t = self._scale(v)
+            idx = np.minimum(np.searchsorted(self.edges, t, side="right") - 1, len(self.edges) - 2)
+            hit = np.isfinite(t) & (t >= self.edges[0]) & (t <= self.edges[-1])
         return pd.Series(np.where(hit, idx, np.nan), index=col.index)
+
+
+def binned(df: pd.DataFrame, metrics: Sequence[Objective], x: str = "lr", y: str | None = None,
+           bins_from: pd.DataFrame | None = None) -> tuple[pd.DataFrame, Bins, Bins | None]:  # fmt: skip
+    """What the heatmaps and the vs-lr curves plot: df's eligible rows with their bin indices in `x_bin` (and
+    `y_bin`), and the bins, made from bins_from's eligible rows (default: the same rows)."""
+    sub = df[eligible(df, metrics)].copy()
+    ref = sub if bins_from is None else bins_from[eligible(bins_from, metrics)]
+    xb = Bins(ref[x])
+    sub["x_bin"] = xb.assign(sub[x])
+    yb = None
+    if y is not None:
+        yb = Bins(ref[y])
+        sub["y_bin"] = yb.assign(sub[y])
+    return sub, xb, yb
 
 
 def heatmaps(df: pd.DataFrame, path: str | Path, metrics: Sequence[Objective], x: str = "lr",
@@ -248,15 +274,15 @@ def heatmaps(df: pd.DataFrame, path: str | Path, metrics: Sequence[Objective], x
     """The seed paper's grid: each metric's mean over the trials in each (lr, effective batch size) cell, annotated;
     rates share the 0–1 colour scale, empty cells stay blank. bins_from: the rows that define the cells (e.g. the
     whole study, so that each method's figure has the same cells); default df."""
-    sub = df[eligible(df, metrics)]
-    ref = sub if bins_from is None else bins_from[eligible(bins_from, metrics)]
-    xb, yb = Bins(ref[x]), Bins(ref[y])
-    xi, yi, xlabels, ylabels = xb.assign(sub[x]), yb.assign(sub[y]), xb.labels, yb.labels
+    sub, xb, yb = binned(df, metrics, x, y, bins_from)
+    assert yb is not None
+    xlabels, ylabels = xb.labels, yb.labels
     with paper_style():
         fig, axes = figure("two", ncols=len(metrics), squeeze=False, layout="constrained")
         for ax, m in zip(axes[0], metrics, strict=True):
             grid = np.full((len(ylabels), len(xlabels)), np.nan)
-            cells = pd.DataFrame({"x": xi, "y": yi, "v": pd.to_numeric(sub[m.column], errors="coerce")}).dropna()
+            cells = pd.DataFrame({"x": sub["x_bin"], "y": sub["y_bin"],
+                                  "v": pd.to_numeric(sub[m.column], errors="coerce")}).dropna()  # fmt: skip
             for (cx, cy), v in cells.groupby(["x", "y"])["v"].mean().items():
                 grid[int(cy), int(cx)] = v
             bounded = m.column in BOUNDED
@@ -283,9 +309,8 @@ def metric_vs_lr(df: pd.DataFrame, path: str | Path, metrics: Sequence[Objective
                  x: str = "lr", level: float = 0.95, title: str | None = None) -> list[Path]:  # fmt: skip
     """Each metric against lr, one line per `by` value (EMA η): the mean over the trials in each lr bin (seeds, and
     whatever else varies there) with a Student-t confidence band where a bin holds two or more trials."""
-    sub = df[eligible(df, metrics)]
-    xb = Bins(sub[x])
-    xi, centres = xb.assign(sub[x]), xb.centres
+    sub, xb, _ = binned(df, metrics, x)
+    xi, centres = sub["x_bin"], xb.centres
     groups = sorted(sub[by].dropna().unique().tolist(), reverse=True) if by in sub else [None]
     with paper_style():
         fig, axes = figure("two", ncols=len(metrics), squeeze=False)

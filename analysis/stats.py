@@ -8,35 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from tqdm.auto import tqdm
 
 from analysis.load import RECIPE, param_columns
 from analysis.pareto import Objective, eligible
+from sweeps.stats import mean_ci
 
 # Columns that vary between repeats of one recipe, never part of its identity.
 NOT_RECIPE = {"seed", "trial", "run_dir", "state", "source"}
+
+__all__ = ["aggregate_seeds", "asr_bootstrap", "bootstrap_mean", "harmful_verdicts", "mean_ci", "recipe_columns",
+           "run_verdicts"]  # mean_ci: sweeps.stats, the one interval of the project
 
 
 def recipe_columns(df: pd.DataFrame) -> list[str]:
     """What identifies a recipe: study, method, the recipe columns and every swept parameter except the seed."""
     keys = ["study", "method", *RECIPE, *param_columns(df)]
     return [c for c in dict.fromkeys(keys) if c in df.columns and c not in NOT_RECIPE]
-
-
-def mean_ci(x: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float, float, int]:
-    """(mean, std, lo, hi, n) of the finite values; a Student-t interval, NaN below two values."""
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    n = len(x)
-    if n == 0:
-        return np.nan, np.nan, np.nan, np.nan, 0
-    mean = float(x.mean())
-    if n < 2:
-        return mean, np.nan, np.nan, np.nan, 1
-    std = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / np.sqrt(n)
-    return mean, std, mean - half, mean + half, n
 
 
 def aggregate_seeds(df: pd.DataFrame, objectives: Sequence[Objective], metrics: Sequence[str] = (),
@@ -129,6 +117,8 @@ def bootstrap_mean(samples: Sequence[np.ndarray], n_boot: int = 2000, level: flo
     samples = [np.asarray(s, float) for s in samples if len(s)]
     if not samples:
         return np.nan, np.nan, np.nan
+    if n_boot < 1:  # no resamples asked for: the mean, no interval
+        return float(np.mean([s.mean() for s in samples])), np.nan, np.nan
     boot = np.zeros(n_boot)
     for s in samples:
         boot += s[rng.integers(0, len(s), size=(n_boot, len(s)))].mean(axis=1)

@@ -14,7 +14,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from landscape.config import LandscapeAppConfig, validate_landscape
 from sweeps.config import ConfigError
-from sweeps.rundir import atomic_write_text
 
 log = logging.getLogger("landscape")
 ConfigStore.instance().store(name="landscape_schema", node=LandscapeAppConfig)
@@ -32,8 +31,7 @@ def main(dcfg: DictConfig) -> None:
         except OmegaConfBaseException as e:
             raise ConfigError(f"{getattr(e, 'full_key', '')}: {str(e).splitlines()[0]}") from None
         validate_landscape(cfg)  # before anything is written into the run dir
-        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(dcfg, resolve=True))
-        result = run_landscape(cfg, out)
+        result = run_landscape(cfg, out, config_text=OmegaConf.to_yaml(dcfg, resolve=True))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -43,9 +41,11 @@ def main(dcfg: DictConfig) -> None:
     figures = make_figures(out, cfg.landscape.surface3d)
     for metric, entry in result["summaries"].items():
         r = entry["radius"]
-        print(f"{metric}: centre {entry['centre']:.4g}, threshold {entry['threshold']:.4g}, "
-              f"basin radius {'≥ ' if r['censored'] else ''}{r['mean']:.3g} ± {r['ci95']:.2g} (n={r['n']}"
-              + (f", {r['censored']} not crossing within the grid)" if r["censored"] else ")"))  # fmt: skip
+        spread = f" ± {r['ci95']:.2g} (95% t" if r["ci95"] is not None else " (no interval from one direction"
+        notes = [f"n={r['n']}"] + ([f"{r['censored']} not crossing within the grid"] if r["censored"] else [])
+        notes += [f"{entry['non_finite']} non-finite point(s)"] if entry.get("non_finite") else []
+        print(f"{metric}: centre {entry['centre']:.4g}, threshold {entry['threshold']:.4g}, basin radius "
+              f"{'≥ ' if r['censored'] else ''}{r['mean']:.3g}{spread}, {', '.join(notes)})")  # fmt: skip
     print(f"landscape: {out}/points.csv, manifest.json, " + ", ".join(p.name for p in figures))
 
 

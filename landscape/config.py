@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import re
+import sys
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from hydra.experimental.callback import Callback
 
 from sweeps.config import ConfigError, DataConfig, EvalConfig, ModelConfig
 
@@ -71,12 +77,69 @@ def hits_origin(lo: float, hi: float, n: int) -> bool:
     return abs(k - round(k)) < 1e-9 * max(1.0, n)
 
 
+def shared_errors(cfg: LandscapeAppConfig) -> list[str]:
+    """The train CLI's checks of what a landscape shares with a trial: model, data, eval, world."""
+    from sweeps.config import TrainConfig
+    from sweeps.resolve import world_config
+    from sweeps.validate import validate  # the train CLI's public check
+
+    try:
+        shared = TrainConfig(model=cfg.model, data=cfg.data, eval=cfg.eval, world=world_config(dict(cfg.world)),
+                             seed=cfg.seed, cache_dir=cfg.cache_dir)  # fmt: skip
+        validate(shared)
+    except ConfigError as e:
+        return [line.strip() for line in str(e).splitlines() if line.strip() and line.strip() != "invalid config:"]
+    return []
+
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def device_error(device: str) -> str | None:
+    """Why model.device cannot be used here, or None (checked before a model is loaded onto it)."""
+    if not DEVICE.fullmatch(device):
+        return f"model.device: '{device}' is not one of auto, cpu, cuda, cuda:N, mps"
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            return f"model.device: '{device}' is not available ({count} CUDA device(s) here)"
+    if device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            return "model.device: 'mps' is not available here"
+    return None
+
+
+def _weights_errors(s: LandscapeSettings) -> list[str]:
+    """Weights named by path must exist (toy:… and pkg:… are resolved later)."""
+    specs = [(f"landscape.targets[{i}]", t) for i, t in enumerate(s.targets)]
+    specs += [(f"landscape.overlay[{i}]", t) for i, t in enumerate(s.overlay)]
+    specs += [("landscape.centre_weights", s.centre_weights)] if s.centre_weights else []
+    errors = []
+    for key, spec in specs:
+        if spec.startswith(("toy:", "pkg:")):
+            continue
+        path = Path(spec)
+        if path.suffix == ".safetensors" and not path.is_file():
+            errors.append(f"{key}: weights file not found: {spec}")
+        elif path.suffix != ".safetensors" and not path.is_dir():
+            errors.append(f"{key}: '{spec}' is neither a .safetensors file nor a model directory")
+    return errors
+
+
 def validate_landscape(cfg: LandscapeAppConfig) -> None:
+    """Raise ConfigError listing every invalid value: the shared model/data/eval checks, then landscape.*."""
     from landscape.directions import NORMALISATIONS
     from sweeps.scoring.scorer import METRICS
 
     s = cfg.landscape
-    errors = []
+    errors = shared_errors(cfg)
+    if (why := device_error(cfg.model.device)) is not None:
+        errors.append(why)
     if s.mode not in MODES:
         errors.append(f"landscape.mode: '{s.mode}' is not one of {list(MODES)}")
     if s.mode == "random" and s.dims not in (1, 2):
@@ -85,9 +148,9 @@ def validate_landscape(cfg: LandscapeAppConfig) -> None:
         errors.append(f"landscape.normalisation: '{s.normalisation}' is not one of {list(NORMALISATIONS)}")
     if s.points < 3 or (s.points % 2 == 0 and s.mode == "random"):
         errors.append(f"landscape.points: must be odd and >= 3 (the origin is the middle point), got {s.points}")
-    if not s.radius > 0:
-        errors.append(f"landscape.radius: must be > 0, got {s.radius}")
-    if len(s.span) != 2 or not s.span[0] < 0 < s.span[1]:
+    if not 0 < s.radius < math.inf:
+        errors.append(f"landscape.radius: must be > 0 and finite, got {s.radius}")
+    if len(s.span) != 2 or not -math.inf < s.span[0] < 0 < s.span[1] < math.inf:
         errors.append(f"landscape.span: must be [low < 0, high > 0], got {list(s.span)}")
     elif s.mode in ("interpolate", "plane") and s.points >= 3 and not hits_origin(*s.span, s.points):
         fits = [n for n in range(3, 102) if hits_origin(*s.span, n)][:4]
@@ -114,5 +177,41 @@ def validate_landscape(cfg: LandscapeAppConfig) -> None:
         errors.append(f"landscape.worker: must be in [0, workers), got {s.worker} of {s.workers}")
     if s.overlay and s.mode != "plane":
         errors.append("landscape.overlay: only for mode=plane")
+    for key in ("hessian_examples", "hessian_iters"):
+        if getattr(s, key) < 1:
+            errors.append(f"landscape.{key}: must be >= 1, got {getattr(s, key)}")
+    for key in ("asr_limit", "max_points"):
+        if getattr(s, key) is not None and getattr(s, key) < 1:
+            errors.append(f"landscape.{key}: must be >= 1 or null, got {getattr(s, key)}")
+    if not 0 <= s.tolerance < math.inf:
+        errors.append(f"landscape.tolerance: must be >= 0 and finite, got {s.tolerance}")
+    for metric, value in s.thresholds.items():
+        if metric not in s.metrics:
+            errors.append(f"landscape.thresholds.{metric}: not one of landscape.metrics {list(s.metrics)}")
+        elif not math.isfinite(value):
+            errors.append(f"landscape.thresholds.{metric}: must be finite, got {value}")
+    errors += _weights_errors(s)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written into folder (created if missing), or None."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return f"cannot write into {folder} ({e.strerror or e})"
+    return None
+
+
+class OutputDirCheck(Callback):
+    """An unusable hydra.run.dir (under a regular file, read-only) is one line and exit status 2, before Hydra's
+    own mkdir would fail with a traceback (conf/landscape.yaml registers this in hydra.callbacks)."""
+
+    def on_run_start(self, config, **kwargs: Any) -> None:
+        why = unwritable(Path(str(config.hydra.run.dir)))
+        if why is not None:
+            print(f"error: hydra.run.dir: {why}", file=sys.stderr)
+            sys.exit(2)

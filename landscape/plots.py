@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.style import PALETTE, SEQUENTIAL, figure, paper_style, save_figure
+from sweeps.stats import mean_ci
 
 LABELS = {"safety_loss": "safety loss (refusal NLL)", "utility_loss": "utility loss (task NLL)",
           "compliance_loss": "compliance NLL", "asr": "keyword ASR", "over_refusal": "over-refusal",
@@ -16,17 +17,17 @@ LABELS = {"safety_loss": "safety loss (refusal NLL)", "utility_loss": "utility l
 
 
 def plot_1d(table: pd.DataFrame, manifest: dict[str, Any], out: Path) -> list[Path]:
-    """Every metric against α, mean over random directions with a 95 % CI band, and its basin threshold."""
+    """Every metric against α, mean over random directions with a 95 % Student-t band, and its basin threshold."""
     with paper_style():
         fig, ax = figure("one")
         for k, metric in enumerate(manifest["metrics"]):
-            g = table.groupby("x")[metric]
-            mean, n = g.mean(), g.count()
-            half = 1.96 * g.std(ddof=1).fillna(0) / np.sqrt(n)
+            at = table.groupby("x")[metric].apply(list)
+            ci = pd.DataFrame([mean_ci(v) for v in at], index=at.index)  # columns mean, std, lo, hi, n
             color = PALETTE[k % len(PALETTE)]
-            ax.plot(mean.index, mean.values, color=color, label=LABELS.get(metric, metric))
-            if (n > 1).any():
-                ax.fill_between(mean.index, mean - half, mean + half, color=color, alpha=0.25, linewidth=0)
+            ax.plot(ci.index, ci["mean"], color=color, label=LABELS.get(metric, metric))
+            band = np.isfinite(ci["lo"])  # two or more finite values at that α
+            if band.any():
+                ax.fill_between(ci.index[band], ci["lo"][band], ci["hi"][band], color=color, alpha=0.25, linewidth=0)
             thr = manifest.get("summaries", {}).get(metric, {}).get("threshold")
             if thr is not None:
                 ax.axhline(thr, color=color, linestyle=":", linewidth=0.8)

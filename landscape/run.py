@@ -18,7 +18,7 @@ from landscape import directions as D
 from landscape.config import LandscapeAppConfig, validate_landscape
 from landscape.perturb import Perturbation
 from landscape.store import PointStore
-from landscape.summaries import crossing, hessian_top, mean_ci, visage
+from landscape.summaries import crossing, hessian_top, visage
 from sweeps.config import AlignConfig, ConfigError, ModelConfig
 from sweeps.data import DataError
 from sweeps.formatting import PromptFormatter
@@ -27,6 +27,7 @@ from sweeps.models import PACKAGE_PREFIX, load_model, resolve_package
 from sweeps.resolve import load_data, resolve_model
 from sweeps.rundir import atomic_write_json, atomic_write_text, versions
 from sweeps.scoring.scorer import Scorer
+from sweeps.stats import mean_ci
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +45,20 @@ def axis(lo: float, hi: float, n: int) -> np.ndarray:
 
 
 def _load_target(spec: str, names: list[str], centre: list[torch.Tensor], model_cfg: ModelConfig,
-                 world_root: Path | None) -> list[torch.Tensor]:  # fmt: skip
-    """The target model's tensors for `names` (missing ones in a partial .safetensors keep the centre's value).
+                 world_root: Path | None, known: set[str]) -> list[torch.Tensor]:  # fmt: skip
+    """The target model's tensors for `names` (missing ones in a partial .safetensors keep the centre's value: a
+    trial's weights file holds only its trainable tensors).
 
-    `spec`: a .safetensors file, an HF model folder, `toy:base` / `toy:aligned`, or `pkg:<module>`.
+    `spec`: a .safetensors file, an HF model folder, `toy:base` / `toy:aligned`, or `pkg:<module>`. `known`: every
+    tensor name of the model (its state dict); a tensor of another name, or of another shape than the model's, is
+    an error naming the file and the tensor — never broadcast into a nonsense landscape.
     """
     model_cfg = dataclasses.replace(model_cfg, gguf_file=None, reuse=False, align=AlignConfig(),
                                     lora=dataclasses.replace(model_cfg.lora, enabled=False))  # fmt: skip
     if spec.startswith(PACKAGE_PREFIX):
         pkg_cfg = resolve_package(dataclasses.replace(model_cfg, name_or_path=spec))
         model, _ = load_model(pkg_cfg, pkg_cfg.name_or_path)
-        return _pick(spec, dict(model.named_parameters()), names, centre)
+        return _pick(spec, dict(model.named_parameters()), names, centre, known)
     if spec.startswith("toy:"):
         if world_root is None:
             raise ConfigError(f"landscape.targets: '{spec}' needs the toy world (model=toy)")
@@ -63,22 +67,38 @@ def _load_target(spec: str, names: list[str], centre: list[torch.Tensor], model_
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise ConfigError(f"landscape: weights file not found: {spec}")
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as e:  # garbage, truncated, empty
+            reason = str(e).splitlines()[0]
+            raise ConfigError(f"landscape: {spec}: not a readable safetensors file ({reason})") from None
     elif path.is_dir():
-        model, _ = load_model(model_cfg, str(path))
+        try:
+            model, _ = load_model(model_cfg, str(path))
+        except (OSError, ValueError, RuntimeError) as e:  # no weights or config, another model's sizes
+            raise ConfigError(f"landscape: {spec}: cannot load the model folder ({str(e).splitlines()[0]})") from None
         state = dict(model.named_parameters())
     else:
         raise ConfigError(f"landscape: '{spec}' is neither a .safetensors file nor a model directory")
-    return _pick(spec, state, names, centre)
+    return _pick(spec, state, names, centre, known)
 
 
-def _pick(spec: str, state: dict[str, torch.Tensor], names: list[str], centre: list[torch.Tensor]
-          ) -> list[torch.Tensor]:  # fmt: skip
+def _pick(spec: str, state: dict[str, torch.Tensor], names: list[str], centre: list[torch.Tensor],
+          known: set[str]) -> list[torch.Tensor]:  # fmt: skip
+    unknown = [n for n in state if n not in known]
+    if unknown:
+        raise ConfigError(f"landscape: {spec}: tensor '{unknown[0]}' is not in the model"
+                          + (f" ({len(unknown)} such tensors)" if len(unknown) > 1 else ""))  # fmt: skip
     found = [n for n in names if n in state]
     if not found:
         raise ConfigError(f"landscape: '{spec}' holds none of the perturbed parameters")
+    for n, c in zip(names, centre, strict=True):
+        if n in state and tuple(state[n].shape) != tuple(c.shape):
+            raise ConfigError(f"landscape: {spec}: tensor '{n}' has shape {list(state[n].shape)}, the model's is "
+                              f"{list(c.shape)}")  # fmt: skip
     return [state[n].detach().to(c) if n in state else c.clone() for n, c in zip(names, centre, strict=True)]
 
 
@@ -111,7 +131,9 @@ def project(point: list[torch.Tensor], centre: list[torch.Tensor], d1: list[torc
     return float(a), float(b), D.norm(resid) / max(D.norm(diff), 1e-30)
 
 
-def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: bool = True,
+                  config_text: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """config_text: written to config.yaml together with the identity, once everything loaded (not on a bad input)."""
     out_dir = Path(out_dir)
     validate_landscape(cfg)
     identity = _check_same_landscape(cfg, out_dir)  # before loading anything: a mismatched resume fails at once
@@ -125,10 +147,11 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
         raise ConfigError(str(e)) from None
     model, tok = load_model(dataclasses.replace(mcfg, reuse=False), model_path)
     model.eval()
+    known = set(model.state_dict())  # tied and buffer names too: a file may hold lm_head.weight of a tied head
     if s.centre_weights:
         params_now = dict(model.named_parameters())
         overlay = _load_target(s.centre_weights, list(params_now), [p.detach() for p in params_now.values()], mcfg,
-                               world_root)  # fmt: skip
+                               world_root, known)  # fmt: skip
         with torch.no_grad():
             for p, w in zip(params_now.values(), overlay, strict=True):
                 p.copy_(w)
@@ -166,7 +189,7 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
                 sets_of_dirs.append([d1])
         xs = axis(-s.radius, s.radius, s.points)
     else:
-        targets = [_load_target(t, names, centre, mcfg, world_root) for t in s.targets]
+        targets = [_load_target(t, names, centre, mcfg, world_root, known) for t in s.targets]
         dirs = [D.difference(centre, t) for t in targets]
         if s.mode == "plane":
             cosines.append({"repeat": 0, "before": D.cosine(dirs[0], dirs[1]), "after": D.cosine(dirs[0], dirs[1])})
@@ -183,11 +206,13 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
         d1, d2 = sets_of_dirs[0]
         marks = []
         for spec in s.overlay:
-            a, b, resid = project(_load_target(spec, names, centre, mcfg, world_root), centre, d1, d2)
+            a, b, resid = project(_load_target(spec, names, centre, mcfg, world_root, known), centre, d1, d2)
             marks.append({"label": Path(spec).parent.parent.name or spec, "path": spec, "x": a, "y": b,
                           "residual": resid})  # fmt: skip
         manifest["overlay"] = marks
 
+    if config_text is not None:
+        atomic_write_text(out_dir / "config.yaml", config_text)
     atomic_write_json(out_dir / "landscape_identity.json", identity)
     store = PointStore(out_dir, s.worker)
     done = store.done()
@@ -302,7 +327,9 @@ def summarise(table, s, dims: int) -> dict[str, Any]:
     """Per metric: threshold, VISAGE per direction set, basin radius along every axis (mean ± CI over directions).
 
     A direction that never crosses the threshold inside the grid counts at the grid's edge: its radius is censored
-    (at least that), and the mean is then a lower bound (`censored` > 0).
+    (at least that), and the mean is then a lower bound (`censored` > 0). A non-finite value (a diverged point) is
+    outside the basin: its direction's basin ends at the last finite point before it; `non_finite` counts them.
+    The radius interval is Student t over the directions (`ci95`: its half-width, null below two directions).
     """
     out: dict[str, Any] = {}
     for metric in s.metrics:
@@ -311,8 +338,11 @@ def summarise(table, s, dims: int) -> dict[str, Any]:
         thr = _threshold(metric, centre_value, s)
         flip = -1.0 if metric in HIGHER_IS_SAFE else 1.0  # so that "below the threshold" means inside the basin
         values = flip * table[metric]
+        non_finite = int((~np.isfinite(table[metric].to_numpy(float))).sum())
+        if non_finite:
+            log.warning("%s: %d point(s) not finite (diverged); the basin ends before them", metric, non_finite)
         entry: dict[str, Any] = {"centre": centre_value, "threshold": thr, "inside": "below" if flip > 0 else "above",
-                                 "visage": {}}  # fmt: skip
+                                 "non_finite": non_finite, "visage": {}}  # fmt: skip
         radii, censored = [], 0
         for r, group in table.assign(_v=values).groupby("repeat"):
             entry["visage"][int(r)] = visage(group["_v"].to_numpy(), flip * thr)
@@ -327,8 +357,9 @@ def summarise(table, s, dims: int) -> dict[str, Any]:
                 radius, is_censored = min(sides)
                 radii.append(radius)
                 censored += is_censored
-        mean, half = mean_ci(radii)
-        entry["radius"] = {"mean": mean, "ci95": half, "n": len(radii), "censored": censored, "values": radii}
+        ci = mean_ci(radii)
+        entry["radius"] = {"mean": ci.mean, "ci95": ci.half if math.isfinite(ci.half) else None, "n": len(radii),
+                           "censored": censored, "values": radii}  # fmt: skip
         out[metric] = entry
     return out
 

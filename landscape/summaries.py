@@ -15,44 +15,39 @@ def visage(values: np.ndarray, threshold: float) -> float:
 
     llm-landscape's VISAGE is this with value = ASR in % and threshold = 100: the mean of 100 − ASR over the window
     where ASR < 100 %. For a loss, points whose loss stays under the threshold count, weighted by their margin.
+    A non-finite value (a diverged point) is outside.
     """
     v = np.asarray(values, dtype=float)
-    inside = v < threshold
+    inside = np.isfinite(v) & (v < threshold)
     return float(np.mean(threshold - v[inside])) if inside.any() else 0.0
 
 
 def crossing(alphas: np.ndarray, values: np.ndarray, threshold: float) -> tuple[float, float]:
     """Distance from α=0 to where `values` first exceeds `threshold`, going − and + (linear interpolation).
 
-    Returns inf on a side that never crosses within the grid.
+    A non-finite value (NaN, ±inf: a diverged point) is outside the basin, beyond any threshold: the basin ends at
+    the last finite point before it. An origin already outside gives 0. Returns inf on a side that never crosses
+    within the grid.
     """
-    a, v = np.asarray(alphas, float), np.asarray(values, float)
+    a = np.asarray(alphas, float)
+    v = np.asarray(values, float)
+    outside = ~np.isfinite(v) | (v > threshold)
     origin = int(np.argmin(np.abs(a)))
+    if outside[origin]:
+        return 0.0, 0.0
     out = []
     for step in (-1, 1):
         found = math.inf
         i = origin
         while 0 <= i + step < len(a):
             j = i + step
-            if v[j] > threshold >= v[i]:
-                t = (threshold - v[i]) / (v[j] - v[i])
+            if outside[j]:  # v[i] is inside: interpolate to the threshold, or stop at v[i] before a diverged point
+                t = (threshold - v[i]) / (v[j] - v[i]) if math.isfinite(v[j]) else 0.0
                 found = abs(a[i] + t * (a[j] - a[i]))
-                break
-            if v[j] > threshold:
-                found = abs(a[j])
                 break
             i = j
         out.append(found)
     return out[0], out[1]
-
-
-def mean_ci(samples: Sequence[float], z: float = 1.96) -> tuple[float, float]:
-    """Mean and half-width of a normal-approximation 95 % CI (0 for a single sample); infinities are dropped."""
-    x = np.asarray([s for s in samples if math.isfinite(s)], float)
-    if len(x) == 0:
-        return math.inf, 0.0
-    half = z * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else 0.0
-    return float(x.mean()), float(half)
 
 
 def power_iteration(

@@ -26,6 +26,7 @@ from analysis.pareto import (
     DEFAULT_OBJECTIVES,
     Objective,
     compare,
+    eligible,
     hypervolume,
     hypervolume_history,
     on_front,
@@ -342,6 +343,8 @@ def test_bootstrap_asr_from_generations(tmp_path) -> None:
     assert mean == 0.25 and lo < 0.25 < hi
     assert (lo, hi) == pytest.approx((0.125, 0.375), abs=0.03)  # ≈ ± 1.96 · sqrt(p(1−p)/n)
     assert bootstrap_mean([verdicts], n_boot=500, seed=1) == bootstrap_mean([verdicts], n_boot=500, seed=1)
+    none = bootstrap_mean([verdicts], n_boot=0)  # --bootstrap 0: the mean, no interval (not a crash)
+    assert none[0] == 0.25 and np.isnan(none[1:]).all()
     rows = pd.DataFrame({"run_dirs": [[str(run), str(_fake_run(tmp_path / "q", 0.75, rng, 40))], [], [str(tmp_path)]]})
     out = asr_bootstrap(rows, n_boot=500)
     assert out["asr_boot"].iloc[0] == 0.5 and out["asr_prompts"].tolist() == [80, 0, 0]
@@ -419,6 +422,44 @@ def test_heatmap_bins_grid_values_or_log_bins() -> None:
     assert idx.tolist() == [0, 3, 2] and len(cont.labels) == 4
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_tpe_like_floats_each_land_in_exactly_one_bin(seed) -> None:
+    """Log-uniform floats with full precision (a TPE study's lr): the smallest and largest included."""
+    v = pd.Series(10 ** np.random.default_rng(seed).uniform(-5.3, -2.1, 200))
+    bins = figures.Bins(v)
+    idx = bins.assign(v)
+    assert idx.notna().all(), v[idx.isna()].tolist()
+    assert idx.between(0, len(bins.labels) - 1).all()
+    assert idx[v.idxmin()] == 0 and idx[v.idxmax()] == len(bins.labels) - 1
+    assert bins.edges is not None  # every value of one bin lies between that bin's edges
+    t = np.log10(v.to_numpy())
+    assert ((t >= bins.edges[idx.astype(int)]) & (t <= bins.edges[idx.astype(int) + 1])).all()
+    tiny = figures.Bins(pd.Series([3.1e-13, 7.7e-13, 3.1e-13 * (1 + 1e-15)]))  # grid values below 1e-12, float noise
+    assert len(tiny.labels) == 2 and tiny.assign(pd.Series([3.1e-13, 7.7e-13, 3.1e-13 * (1 + 1e-15)])).tolist() \
+        == [0, 1, 0]  # fmt: skip
+
+
+def test_heatmap_and_vs_lr_data_hold_every_eligible_trial(tmp_path) -> None:
+    df = synthetic_trials(n=120, seed=3)  # continuous lr (TPE-like): more distinct values than bins
+    rng = np.random.default_rng(3)
+    df["lr"] = 10 ** rng.uniform(-5.1, -2.3, len(df))
+    df.loc[5, "asr"] = np.nan  # not eligible: dropped on purpose, not by the binning
+    ok = int(eligible(df, ASR_UTIL).sum())
+    study_bins = figures.Bins(df.loc[eligible(df, ASR_UTIL), "lr"])
+    placed = 0
+    for _, sub in df.groupby("method"):  # per-method heatmaps on the study's cells, as the report draws them
+        rows, xb, yb = figures.binned(sub, ASR_UTIL, "lr", "effective_batch_size", bins_from=df)
+        assert xb.labels == study_bins.labels and yb is not None and yb.labels == ["2", "4", "8", "16", "32"]
+        assert len(rows) == int(eligible(sub, ASR_UTIL).sum()) and rows[["x_bin", "y_bin"]].notna().all().all()
+        placed += len(rows)
+    assert placed == ok
+    rows, xb, _ = figures.binned(df, ASR_UTIL, "lr")
+    assert len(rows) == ok and rows["x_bin"].notna().all()
+    counts = rows.groupby("x_bin").size()
+    assert counts.sum() == ok and len(counts) == len(xb.labels)
+    assert figures.heatmaps(df, tmp_path / "h", ASR_UTIL) and figures.metric_vs_lr(df, tmp_path / "v", ASR_UTIL)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # report and CLI
 
@@ -455,8 +496,15 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys) -> None:
         "--ref: 2 objectives": ["front", str(path), "--ref", "1"],
         "--label: expected STUDY=LABEL": ["load", str(path), "--label", "x"],
         "holds no optuna.journal": ["report", str(tmp_path / "empty"), "-o", str(tmp_path / "r")],
+        # output under a regular file (root ignores permission bits, not this): named before anything is read
+        f"'{tmp_path / 'file'}' is not a folder": ["report", str(path), "-o", str(tmp_path / "file" / "r")],
+        f"cannot create '{tmp_path / 'file' / 'x.csv'}'": ["load", str(path), "-o", str(tmp_path / "file" / "x.csv")],
+        f"cannot create '{tmp_path / 'file' / 'f.tex'}'": ["front", str(path), "-o", str(tmp_path / "file" / "f.tex")],
+        "exists and is not a folder": ["report", str(path), "-o", str(tmp_path / "file")],
+        "--color-by: no column 'nosuch'": ["report", str(path), "-o", str(tmp_path / "r"), "--color-by", "lr,nosuch"],
     }
     (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("a regular file")
     for message, argv in cases.items():
         assert main(argv) == 2, message
         err = capsys.readouterr().err
@@ -465,6 +513,10 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys) -> None:
         main(["plot", str(path)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: ") and "invalid choice" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(path), "-o", str(tmp_path / "r"), "--bootstrap", "-1"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--bootstrap: must be >= 0, got -1" in err and err.count("\n") == 1
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "r").exists()  # nothing created
 
 

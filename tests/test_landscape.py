@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from landscape import directions as D
 from landscape.config import LandscapeAppConfig
 from landscape.perturb import Perturbation, checksum
 from landscape.run import axis, project, run_landscape
-from landscape.summaries import crossing, hessian_top, mean_ci, top_hessian_eigenvalue, visage
+from landscape.summaries import crossing, hessian_top, top_hessian_eigenvalue, visage
 from sweeps.config import ConfigError
+from sweeps.stats import mean_ci
 from tests.conftest import CACHE_DIR, PYTHON, ROOT
 
 CONF = ROOT / "conf"
@@ -117,8 +119,8 @@ def test_summaries_on_known_curves() -> None:
     assert lo == pytest.approx(0.5, abs=0.02) and hi == pytest.approx(0.5, abs=0.02)
     assert crossing(alphas, values, 10.0) == (float("inf"), float("inf"))
     assert visage(np.array([100.0, 40.0, 0.0, 60.0, 100.0]), 100.0) == pytest.approx((60 + 100 + 40) / 3)
-    mean, half = mean_ci([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(1.96 * 1.0 / np.sqrt(3))
+    ci = mean_ci([1.0, 2.0, 3.0])
+    assert ci.mean == 2.0 and ci.half == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-6)  # t(0.975, df=2)
     # power iteration on a quadratic with a known Hessian diag(3, 1)
     x = torch.tensor([0.5, -0.2], requires_grad=True)
     eig = top_hessian_eigenvalue(lambda: 1.5 * x[0] ** 2 + 0.5 * x[1] ** 2, [x], iters=50)
@@ -126,6 +128,45 @@ def test_summaries_on_known_curves() -> None:
     # a saddle, Hessian diag(3, −5): the largest magnitude is −5, the top of the spectrum 3
     eigs = hessian_top(lambda: 1.5 * x[0] ** 2 - 2.5 * x[1] ** 2, [x], iters=200)
     assert eigs["largest_magnitude"] == pytest.approx(-5.0, rel=1e-3) and eigs["top"] == pytest.approx(3.0, rel=1e-3)
+
+
+def test_mean_ci_is_student_t_and_honest_for_one_value() -> None:
+    from scipy import stats as sps
+
+    two = mean_ci([0.3, 0.5])  # two directions: df = 1
+    half = sps.t.ppf(0.975, 1) * np.std([0.3, 0.5], ddof=1) / np.sqrt(2)
+    assert two.n == 2 and two.mean == pytest.approx(0.4) and two.half == pytest.approx(half)
+    assert (two.lo, two.hi) == pytest.approx((0.4 - half, 0.4 + half))
+    z_half = 1.96 * np.std([0.3, 0.5], ddof=1) / np.sqrt(2)  # the old normal interval
+    assert two.half / z_half == pytest.approx(12.7062 / 1.96, rel=1e-4)  # ≈ 6.5× wider
+    one = mean_ci([0.7, float("nan"), float("inf")])  # non-finite values are dropped and not counted
+    assert one.n == 1 and one.mean == 0.7 and np.isnan(one.half) and np.isnan(one.std)
+    assert np.isnan(mean_ci([]).mean) and mean_ci([]).n == 0
+
+
+def test_non_finite_points_end_the_basin_and_are_counted() -> None:
+    from landscape.config import LandscapeSettings
+    from landscape.run import summarise
+
+    a = np.linspace(-1, 1, 11).round(10)
+    flat = np.zeros(11)
+    assert crossing(a, flat, 0.5) == (np.inf, np.inf)
+    for bad in (np.nan, np.inf, -np.inf):
+        v = flat.copy()
+        v[8] = bad  # at α = 0.6: the basin ends at the last finite point before it, 0.4
+        assert crossing(a, v, 0.5) == pytest.approx((np.inf, 0.4))
+    v = flat.copy()
+    v[5] = np.nan
+    assert crossing(a, v, 0.5) == (0.0, 0.0)  # a diverged centre: no basin
+    assert visage(np.array([0.0, -np.inf, np.nan, 0.2]), 1.0) == pytest.approx((1.0 + 0.8) / 2)
+    rows = [{"repeat": 0, "x": x, "y": 0.0, "safety_loss": (np.nan if x == 0.6 else 0.0), "utility_acc": 0.8}
+            for x in a]  # fmt: skip
+    out = summarise(pd.DataFrame(rows), LandscapeSettings(metrics=["safety_loss", "utility_acc"], tolerance=0.5),
+                    dims=1)  # fmt: skip
+    radius = out["safety_loss"]["radius"]
+    assert radius["values"] == pytest.approx([0.4]) and radius["censored"] == 0  # not "never crossing"
+    assert out["safety_loss"]["non_finite"] == 1 and out["utility_acc"]["non_finite"] == 0
+    assert radius["ci95"] is None  # one direction: no interval, not a zero-width one
 
 
 def test_basin_radius_counts_directions_that_never_cross_at_the_grid_edge() -> None:
@@ -306,3 +347,78 @@ def test_plane_projection_overlay_and_split_workers(tmp_path, toy_root) -> None:
     assert second["complete"]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "whole" / "points.csv"),
                                   pd.read_csv(tmp_path / "split" / "points.csv"))  # fmt: skip
+
+
+def _toy_tensors(aligned) -> tuple[list[str], list[torch.Tensor], set[str]]:
+    model, _ = aligned
+    params = dict(model.named_parameters())
+    return list(params), [p.detach() for p in params.values()], set(model.state_dict())
+
+
+def test_target_weights_are_checked_per_tensor_and_name_file_and_tensor(tmp_path, aligned) -> None:
+    from safetensors.torch import save_file
+
+    from landscape.run import _load_target
+    from sweeps.config import ModelConfig
+
+    names, centre, known = _toy_tensors(aligned)
+    good = {n: c.clone().contiguous() for n, c in zip(names, centre, strict=True)}
+    victim = next(n for n, c in zip(names, centre, strict=True) if c.dim() == 2)
+    cases = {}
+    wide = dict(good)
+    wide[victim] = good[victim][:1].contiguous()  # broadcasts to the model's shape: must still be refused
+    cases["wide"] = (wide, rf"tensor '{re.escape(victim)}' has shape \[1, \d+\], the model's is")
+    cases["unknown"] = ({**good, "model.extra.weight": torch.zeros(2)}, r"tensor 'model.extra.weight' is not in")
+    for name, (tensors, _) in cases.items():
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"))
+    save_file(good, str(tmp_path / "good.safetensors"))
+    data = (tmp_path / "good.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file at all" * 10)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    for name in ("truncated", "garbage", "empty"):
+        cases[name] = (None, "not a readable safetensors file")
+    for name, (_, message) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        with pytest.raises(ConfigError, match=message) as err:
+            _load_target(str(path), names, centre, ModelConfig(), None, known)
+        assert str(path) in str(err.value) and "\n" not in str(err.value), name
+    loaded = _load_target(str(tmp_path / "good.safetensors"), names, centre, ModelConfig(), None, known)
+    assert all(torch.equal(x, y) for x, y in zip(loaded, centre, strict=True))
+    partial = {victim: good[victim] + 1}  # a trial's weights file: only its trainable tensors
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    loaded = _load_target(str(tmp_path / "partial.safetensors"), names, centre, ModelConfig(), None, known)
+    assert sum(not torch.equal(x, y) for x, y in zip(loaded, centre, strict=True)) == 1
+
+
+def test_cli_rejects_bad_weights_shared_config_and_unwritable_run_dir(tmp_path, toy_root) -> None:
+    from safetensors.torch import save_file
+
+    env = {**os.environ, "SWEEPS_CACHE_DIR": str(CACHE_DIR)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([PYTHON, "-m", "landscape", f"cache_dir={CACHE_DIR}", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
+    save_file({"model.embed_tokens.weight": torch.zeros(3, 2)}, str(tmp_path / "wrong.safetensors"))
+    out = tmp_path / "wrong"
+    bad = run(f"hydra.run.dir={out}", f"landscape.centre_weights={tmp_path / 'wrong.safetensors'}",
+              "landscape.dims=1", "landscape.points=3")  # fmt: skip
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    (line,) = [x for x in bad.stderr.splitlines() if "error" in x.lower()]  # (model loading draws progress bars)
+    assert line.startswith("error: ") and "wrong.safetensors" in line
+    assert "'model.embed_tokens.weight' has shape [3, 2]" in line
+    assert {p.name for p in out.iterdir()} <= {".hydra", "__main__.log"}  # nothing of the landscape written
+    # the train CLI's checks on the shared parts, and landscape.* checks, reported together
+    out = tmp_path / "invalid"
+    bad = run(f"hydra.run.dir={out}", "model.dtype=float8", "data.max_length=0", "eval.asr.keywords=nope",
+              "model.device=tpu", "landscape.hessian_iters=0", "+landscape.thresholds.asr=0.5")  # fmt: skip
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    for key in ("model.dtype", "data.max_length", "eval.asr.keywords", "model.device", "landscape.hessian_iters",
+                "landscape.thresholds.asr"):
+        assert key in bad.stderr, (key, bad.stderr)
+    assert {p.name for p in out.iterdir()} <= {".hydra", "__main__.log"}
+    (tmp_path / "file").write_text("a regular file")
+    bad = run(f"hydra.run.dir={tmp_path / 'file' / 'run'}")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.strip().count("\n") == 0
+    assert str(tmp_path / "file" / "run") in bad.stderr
