@@ -32,6 +32,7 @@ from sweeps.study.runner import (
     recover_stale,
 )
 from sweeps.study.space import SearchSpaceError, fingerprint, grid_values, parse_space, probe_points
+from tests.conftest import ROOT
 
 
 def test_grammar_maps_to_optuna_distributions() -> None:
@@ -256,3 +257,31 @@ def test_probe_points_cover_every_choice_and_both_ends() -> None:
     assert {p["a"] for p in points} == {1, 2, 3} and {p["c"] for p in points} == {2, 9}
     assert 3.0 in {p["b"] for p in points} and any(p["b"] != int(p["b"]) for p in points)
     assert all(sum(p[k] != points[0][k] for k in p) <= 1 for p in points)  # one parameter changed at a time
+
+
+SEARCH_SPACES = sorted(p.stem for p in (ROOT / "conf" / "search_space").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SEARCH_SPACES)
+def test_shipped_search_spaces_pass_the_sweeper_checks(tmp_path, name: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sweeps.config import ConfigError, validate
+    from sweeps.study.runner import ComposeError
+    from sweeps.train import to_train_config
+
+    def trial_config(overrides: list[str]):
+        cfg = to_train_config(compose("train", [f"search_space={name}", *overrides]))
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            raise ComposeError(str(e)) from None
+        return cfg
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        sweeper = compose("train", [f"search_space={name}"], return_hydra_config=True).hydra.sweeper
+        settings = SweepSettings(**{k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                                    for k, v in sweeper.items() if k != "_target_"})  # fmt: skip
+        sweep = Sweep(settings, [], tmp_path, compose=trial_config)
+    assert sweep.space and sweep.study.metric_names == list(sweep.objectives)

@@ -263,3 +263,25 @@ def test_dashboard_lists_the_study(tmp_path) -> None:
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    ["method=[ema]", "eval.baseline=true", "eval.also_live=true", "trial.check_every=2", "trial.check_metric=asr",
+     "+trial.stop_if.safety_loss=100"],
+    ["data.harmful=null", "data.compliance=null", "eval.accuracy=null"],
+])  # fmt: skip
+def test_available_metrics_are_the_numbers_a_trial_writes(tmp_path, toy_root, extra: list[str]) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.study.metrics import available_metrics
+    from sweeps.train import to_train_config
+    from sweeps.trial import run_trial
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        dcfg = compose("train", [*TINY, f"cache_dir={CACHE_DIR}", *extra])
+    cfg = to_train_config(dcfg)
+    metrics = run_trial(cfg, tmp_path, progress=False)
+    assert metrics["status"] == "completed"
+    numbers = {k for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    assert available_metrics(cfg) == numbers == available_metrics(dcfg)
