@@ -285,3 +285,19 @@ def test_shipped_search_spaces_pass_the_sweeper_checks(tmp_path, name: str) -> N
                                     for k, v in sweeper.items() if k != "_target_"})  # fmt: skip
         sweep = Sweep(settings, [], tmp_path, compose=trial_config)
     assert sweep.space and sweep.study.metric_names == list(sweep.objectives)
+
+
+def test_result_of_a_trial_taken_over_meanwhile_is_not_recorded(tmp_path) -> None:
+    sweep = Sweep(SweepSettings(study_name="o", n_trials=1), ["x=interval(0.0, 1.0)"], tmp_path)
+    taken: list[int] = []
+
+    def launch(overrides: list[list[str]], numbers: list[int]) -> list[Outcome]:
+        if not taken:  # another worker, seeing the lease lapse, fails and re-queues trial 0 while it runs here
+            trial = sweep.study.trials[numbers[0]]
+            taken.append(numbers[0])
+            assert recover_stale(sweep.study, now=trial.user_attrs["lease"]["until"] + 1, me=ELSEWHERE)
+        return [Outcome(metrics={"status": "completed", "asr": 0.1, "utility_acc": 0.5}) for _ in overrides]
+
+    assert sweep.run(launch)["complete"] == 1  # the re-queued copy, run next
+    states = [t.state for t in sweep.study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE] and sweep.study.trials[1].user_attrs["requeued_from"] == 0

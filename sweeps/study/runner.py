@@ -469,11 +469,12 @@ class Sweep:
                 self._requeue(trials, f"launcher error: {type(e).__name__}: {str(e)[:500]}")
                 raise
             for trial, outcome in zip(trials, outcomes, strict=True):
-                try:
-                    counts[self._tell(trial, outcome)] += 1
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    log.warning("trial %d was re-queued by another worker meanwhile (its lease had lapsed); "
-                                "this result is not recorded", trial.number)  # fmt: skip
+                if self.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                    # another worker took it over while its lease had lapsed (e.g. the storage was unreachable)
+                    log.warning("trial %d was re-queued by another worker meanwhile; its result is not recorded",
+                                trial.number)  # fmt: skip
+                    continue
+                counts[self._tell(trial, outcome)] += 1
             done = sum(counts.values())
             failed = counts["failed"]
             if failed and done >= min(3, self.s.n_trials) and failed / done > self.s.max_failure_rate:
@@ -496,8 +497,9 @@ class Sweep:
             held = []
             for t in running:
                 lease = _lease_of(t) or {}
-                left = lease.get("until", now) - now if isinstance(lease.get("until"), int | float) else 0
-                held.append(f"{t.number} ({describe(lease)}, lease {max(left, 0):.0f} s left)")
+                until = lease.get("until")
+                left = max(until - now, 0) if isinstance(until, int | float) else 0
+                held.append(f"{t.number} ({describe(lease)}, lease {left:.0f} s left)")
             log.info("all %d trials are asked for; waiting for trial(s) %s on other workers to finish or their lease "
                      "to expire", self.s.n_trials, ", ".join(held))  # fmt: skip
             self._next_note = now + 60
