@@ -301,3 +301,28 @@ def test_result_of_a_trial_taken_over_meanwhile_is_not_recorded(tmp_path) -> Non
     assert sweep.run(launch)["complete"] == 1  # the re-queued copy, run next
     states = [t.state for t in sweep.study.trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE] and sweep.study.trials[1].user_attrs["requeued_from"] == 0
+
+
+def test_seed_and_worst_values_are_checked() -> None:
+    text = "\n".join(check_settings(SweepSettings(seed=-1, worst={"asr": math.nan, "utility_acc": 0.0})))
+    assert "hydra.sweeper.seed: must be in [0, 2**32 - n_trials)" in text
+    assert "hydra.sweeper.worst.asr: must be a finite number" in text and "worst.utility_acc" not in text
+
+
+def test_intermediate_checks_need_eval_data_and_a_fed_pruner() -> None:
+    from omegaconf import OmegaConf
+
+    from sweeps.study.metrics import check_problems
+
+    cfg = OmegaConf.create({"data": {"harmful": None, "utility": {"name": "u"}}, "eval": {"accuracy": None},
+                            "trial": {"check_every": 0, "check_metric": "asr", "stop_if": {}}})  # fmt: skip
+    assert check_problems(cfg) == []
+    assert check_problems(cfg, "median") == [
+        "hydra.sweeper.pruner: median prunes on intermediate checks, but trial.check_every=0 (set trial.check_every=N)"
+    ]
+    cfg.trial.check_every = 5
+    cfg.trial.stop_if = {"utility_loss": 3.0, "utility_acc": 0.1}
+    assert check_problems(cfg, "median") == [
+        "trial.check_metric: 'asr' cannot be scored by this config (it scores: utility_loss)",
+        "trial.stop_if.utility_acc: 'utility_acc' cannot be scored by this config (it scores: utility_loss)",
+    ]

@@ -71,3 +71,17 @@ def available_metrics(cfg: Any) -> set[str]:
         checked = list(dict.fromkeys([_get(cfg, "trial.check_metric"), *(_get(cfg, "trial.stop_if") or {})]))
         out |= {f"check/{m}" for m in _evaluation(checked)}
     return out
+
+
+def check_problems(cfg: Any, pruner: str = "none") -> list[str]:
+    """Intermediate checks that could only fail mid-trial: a probe metric without eval data, a pruner never fed."""
+    if not _get(cfg, "trial.check_every"):
+        if pruner != "none":
+            return [f"hydra.sweeper.pruner: {pruner} prunes on intermediate checks, but trial.check_every=0 "
+                    "(set trial.check_every=N)"]  # fmt: skip
+        return []
+    scored = scorer_metrics(cfg)
+    keys = [("trial.check_metric", _get(cfg, "trial.check_metric"))]
+    keys += [(f"trial.stop_if.{k}", k) for k in _get(cfg, "trial.stop_if") or {}]
+    return [f"{key}: '{metric}' cannot be scored by this config (it scores: {', '.join(scored)})"
+            for key, metric in keys if metric not in scored]  # fmt: skip

@@ -51,7 +51,7 @@ class SweepSettings:
     study_name: str = "study"
     storage: str | None = None  # None: a journal file in the sweep dir; else an SQLAlchemy URL
     n_trials: int = 20  # the study's total, over all runs and workers
-    n_jobs: int = 1  # trials launched together (useful with a parallel launcher)
+    n_jobs: int = 1  # trials launched together (> 1 needs a parallel launcher)
     # lists, not dicts, so that a shell override replaces them: ["metric:minimize", ...], ["asr<=0.05", ...]
     objectives: list[str] = field(default_factory=lambda: ["asr:minimize", "utility_acc:maximize"])
     constraints: list[str] = field(default_factory=list)
@@ -65,7 +65,9 @@ class SweepSettings:
     on_failure: str = "fail"  # fail: FAIL the trial | infeasible: COMPLETE with `worst` values, constraints violated
     worst: dict[str, float] = field(default_factory=lambda: {"asr": 1.0, "utility_acc": 0.0})
     max_failure_rate: float = 0.5
-    lease_seconds: float = 120.0  # a RUNNING trial whose worker stopped renewing this long ago is failed and re-queued
+    # a RUNNING trial whose worker stopped renewing this long ago is failed and re-queued (a dead worker on the same
+    # host at once, see sweeps.study.lease)
+    lease_seconds: float = 120.0
 
 
 @dataclass
@@ -127,6 +129,10 @@ def check_settings(s: SweepSettings) -> list[str]:
         errors.append(f"hydra.sweeper.on_failure: '{s.on_failure}' is not one of {list(FAILURE_POLICIES)}")
     if s.on_failure == "infeasible":
         errors += [f"hydra.sweeper.worst.{k}: needed by on_failure=infeasible" for k in objectives if k not in s.worst]
+    if s.seed is not None and not 0 <= s.seed < 2**32 - s.n_trials:  # numpy's seed range, offset per ask
+        errors.append(f"hydra.sweeper.seed: must be in [0, 2**32 - n_trials) or null, got {s.seed}")
+    bad_worst = [k for k, v in s.worst.items() if not isinstance(v, int | float) or not math.isfinite(v)]
+    errors += [f"hydra.sweeper.worst.{k}: must be a finite number, got {s.worst[k]}" for k in bad_worst]
     if not 0 <= s.max_failure_rate <= 1:
         errors.append(f"hydra.sweeper.max_failure_rate: must be in [0, 1], got {s.max_failure_rate}")
     if not (math.isfinite(s.lease_seconds) and s.lease_seconds >= 1):
@@ -356,7 +362,7 @@ class Sweep:
     def check_trial_configs(self, compose: Compose) -> list[str]:
         """Compose the trial config for probe points of the space (every choice, both ends of every range) and for
         each baseline; then check that every objective and constraint names a metric all of them produce."""
-        from sweeps.study.metrics import available_metrics  # imports torch: only once a sweep really starts
+        from sweeps.study.metrics import available_metrics, check_problems  # imports torch: once a sweep starts
 
         errors: list[str] = []
         available: set[str] | None = None
@@ -368,6 +374,7 @@ class Sweep:
             except ComposeError as e:
                 errors += [f"{where}: {line}" for line in str(e).splitlines()]
                 continue
+            errors += check_problems(cfg, self.s.pruner)
             have = available_metrics(cfg)
             available = have if available is None else available & have
         if errors or available is None:
