@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 
 import optuna
@@ -9,16 +16,23 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from sweeps.study.lease import DEAD, EXPIRED, LIVE, host_identity, new_lease, process_start, verdict
 from sweeps.study.runner import (
+    Outcome,
+    Sweep,
+    SweepError,
     SweepSettings,
     budget_used,
+    check_enqueue,
+    check_sampling,
     check_settings,
     override_value,
     parse_constraint,
     parse_objectives,
     recover_stale,
 )
-from sweeps.study.space import SearchSpaceError, fingerprint, grid_values, parse_space
+from sweeps.study.space import SearchSpaceError, fingerprint, grid_values, parse_space, probe_points
+from tests.conftest import ROOT
 
 
 def test_grammar_maps_to_optuna_distributions() -> None:
@@ -71,13 +85,17 @@ def test_fingerprint_changes_with_space_and_objectives_only() -> None:
     assert a["hash"] != fingerprint(other, fixed, {"asr": "minimize"}, ["asr<=0.05"])["hash"]
 
 
+ELSEWHERE = {"host": "other-node", "boot": "b", "pidns": "pid:[1]"}
+
+
 def test_expired_lease_fails_and_requeues_once() -> None:
     study = optuna.create_study()
     dist = {"x": FloatDistribution(0, 1)}
     live, dead = study.ask(dist), study.ask(dist)
-    live.set_user_attr("lease_until", time.time() + 60)
-    dead.set_user_attr("lease_until", time.time() - 1)
+    live.set_user_attr("lease", {**ELSEWHERE, "pid": 1, "start": "1", "until": time.time() + 60})
+    dead.set_user_attr("lease", {**ELSEWHERE, "pid": 1, "start": "1", "until": time.time() - 1})
     assert recover_stale(study) == [dead.number]
+    assert "lease expired" in study.trials[dead.number].user_attrs["fail_reason"]
     assert recover_stale(study) == []  # only once
     frozen = study.trials
     assert frozen[dead.number].state == TrialState.FAIL and frozen[dead.number].user_attrs["requeued"]
@@ -85,3 +103,226 @@ def test_expired_lease_fails_and_requeues_once() -> None:
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == dead.params
     assert budget_used(study) == 1  # the live trial; the dead one and the queued copy do not count
+
+
+def _dead_pid() -> tuple[int, str]:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    start = process_start(proc.pid)
+    proc.kill()
+    proc.wait()
+    return proc.pid, start
+
+
+def test_process_start_tells_live_dead_and_zombie_processes() -> None:
+    assert process_start(os.getpid()) == process_start(os.getpid()) != ""
+    pid, start = _dead_pid()
+    assert start and process_start(pid) is None
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(zombie.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while process_start(zombie.pid) is not None and time.time() < deadline:  # killed, not reaped yet
+            time.sleep(0.05)
+        assert process_start(zombie.pid) is None
+    finally:
+        zombie.wait()
+
+
+def test_liveness_rule_same_host_and_other_hosts() -> None:
+    me, now = host_identity(), time.time()
+    mine = new_lease(60, now)
+    assert mine["pid"] == os.getpid() and all(mine[k] == me[k] for k in ("host", "boot", "pidns"))
+    assert verdict(mine, now) == LIVE
+    pid, start = _dead_pid()
+    # same host, the worker process is gone: dead at once, long before its lease would expire
+    assert verdict({**mine, "pid": pid, "start": start}, now) == DEAD
+    # same host, the pid now belongs to another process (other start time): dead too
+    assert verdict({**mine, "start": str(int(mine["start"]) + 1)}, now) == DEAD
+    # another host: only the lease can tell; a fresh lease is waited for, an expired one is re-queued
+    other = {**mine, **ELSEWHERE, "pid": pid, "start": start}
+    assert verdict(other, now) == LIVE
+    assert verdict({**other, "until": now - 1}, now) == EXPIRED
+    # same host, but another pid namespace (a container): its pids mean nothing here
+    assert verdict({**mine, "pidns": "pid:[42]", "pid": pid}, now) == LIVE
+    # a live same-host worker whose lease lapsed (stopped, storage down) counts as lost, as on other hosts
+    assert verdict({**mine, "until": now - 1}, now) == EXPIRED
+
+
+def test_dead_same_host_worker_is_requeued_before_its_lease_expires() -> None:
+    study = optuna.create_study()
+    dist = {"x": FloatDistribution(0, 1)}
+    dead, unleased = study.ask(dist), study.ask(dist)
+    pid, start = _dead_pid()
+    dead.set_user_attr("lease", {**new_lease(3600), "pid": pid, "start": start})
+    later = time.time() + 30  # `unleased` was killed between ask and its first lease write
+    assert recover_stale(study, unleased_after=10, now=later) == [dead.number, unleased.number]
+    study2 = optuna.create_study()
+    study2.ask(dist)
+    assert recover_stale(study2, unleased_after=10) == []  # just asked: its lease is on the way
+    reasons = [study.trials[n].user_attrs["fail_reason"] for n in (dead.number, unleased.number)]
+    assert f"pid {pid}" in reasons[0] and "no longer running" in reasons[0] and "no lease" in reasons[1]
+
+
+def _fake_launch(calls: list[list[str]]):
+    def launch(overrides: list[list[str]], numbers: list[int]) -> list[Outcome]:
+        calls.extend(overrides)
+        return [Outcome(metrics={"status": "completed", "asr": 0.1, "utility_acc": 0.5}) for _ in overrides]
+
+    return launch
+
+
+def _held_elsewhere(tmp_path, n_trials: int, until: float) -> tuple[Sweep, int]:
+    """A study whose trial 0 is RUNNING under another host's lease."""
+    settings = SweepSettings(study_name="w", n_trials=n_trials, lease_seconds=3)
+    sweep = Sweep(settings, ["x=interval(0.0, 1.0)"], tmp_path)
+    t = sweep.study.ask(sweep.space)
+    t.set_user_attr("lease", {**ELSEWHERE, "pid": 1, "start": "1", "until": until})
+    return sweep, t.number
+
+
+def test_rerun_waits_for_another_hosts_live_trial_then_exits_complete(tmp_path, caplog) -> None:
+    sweep, held = _held_elsewhere(tmp_path, 2, time.time() + 60)
+
+    def other_worker_finishes() -> None:
+        time.sleep(2)
+        sweep.study.tell(held, values=[0.0, 1.0])
+
+    calls: list[list[str]] = []
+    threading.Thread(target=other_worker_finishes).start()
+    start = time.time()
+    with caplog.at_level(logging.INFO, logger="sweeps.study.runner"):
+        counts = sweep.run(_fake_launch(calls))
+    assert time.time() - start >= 2 and counts["complete"] == 1 and len(calls) == 1  # ran one, waited for the other
+    assert "waiting for trial(s) 0 (pid 1 on other-node" in caplog.text
+    states = [t.state for t in sweep.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE]
+
+
+def test_rerun_requeues_another_hosts_trial_once_its_lease_expires(tmp_path) -> None:
+    sweep, held = _held_elsewhere(tmp_path, 2, time.time() + 2)
+    calls: list[list[str]] = []
+    counts = sweep.run(_fake_launch(calls))
+    assert counts["complete"] == 2
+    trials = sweep.study.trials
+    assert trials[held].state == TrialState.FAIL and trials[held].user_attrs["requeued"]
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    assert [t.user_attrs.get("requeued_from") for t in trials if t.state == TrialState.COMPLETE].count(held) == 1
+
+
+def test_sampler_pruner_and_baseline_checks_name_the_key() -> None:
+    space, _ = parse_space(["optim.lr=tag(log, interval(1e-4, 1e-3))", "optim.batch_size=choice(4, 8)"])
+
+    def errors(**kw) -> str:
+        return "\n".join(check_sampling(SweepSettings(**kw), space))
+
+    assert errors() == ""
+    assert "hydra.sweeper.sampler_kwargs: " in errors(sampler_kwargs={"n_startup": 3})
+    assert "unexpected keyword argument 'n_startup'" in errors(sampler_kwargs={"n_startup": 3})
+    assert "hydra.sweeper.sampler_kwargs.seed" in errors(sampler_kwargs={"seed": 1})
+    assert "hydra.sweeper.sampler_kwargs: " in errors(sampler="nsga2", sampler_kwargs={"population_size": 1})
+    assert "hydra.sweeper.pruner_kwargs: " in errors(pruner="median", pruner_kwargs={"n_startup_trials": -1})
+    assert "hydra.sweeper.pruner_kwargs: " in errors(pruner="median", pruner_kwargs={"startup": 1})
+    assert "but hydra.sweeper.pruner=none" in errors(pruner_kwargs={"n_startup_trials": 1})
+    assert "hydra.sweeper.sampler=grid: optim.lr: the grid sampler needs" in errors(sampler="grid")
+    grid, _ = parse_space(["a=choice(1, 2)", "b=range(0, 3)"])
+    assert check_sampling(SweepSettings(sampler="grid", n_trials=6), grid) == []
+    assert "more than the grid's 6 points" in "\n".join(check_sampling(SweepSettings(sampler="grid", n_trials=7), grid))
+
+    bad = check_enqueue([{"optim.lrr": 1e-3}, {"optim.lr": 0.5}, {"optim.batch_size": 16}, {"optim.lr": "x"}, 3],
+                        space)  # fmt: skip
+    assert bad == [
+        "hydra.sweeper.enqueue[0]: 'optim.lrr' is not a searched parameter (searched: optim.lr, optim.batch_size)",
+        "hydra.sweeper.enqueue[1]: optim.lr=0.5 lies outside the searched range [0.0001, 0.001] (log)",
+        "hydra.sweeper.enqueue[2]: optim.batch_size=16 is not one of the choices [4, 8]",
+        "hydra.sweeper.enqueue[3]: optim.lr='x' is not a number",
+        "hydra.sweeper.enqueue[4]: expected a mapping from searched parameters to values, got 3",
+    ]
+    assert check_enqueue([{"optim.lr": 1e-3, "optim.batch_size": 8}], space) == []
+
+
+@pytest.mark.parametrize("value", [0.5, math.inf, math.nan])
+def test_lease_seconds_must_be_finite_and_at_least_a_second(value: float) -> None:
+    assert any("hydra.sweeper.lease_seconds" in e for e in check_settings(SweepSettings(lease_seconds=value)))
+
+
+def test_objective_named_twice_is_refused() -> None:
+    with pytest.raises(SweepError, match="'asr' is named twice"):
+        parse_objectives(["asr:min", "asr:max"])
+
+
+def test_probe_points_cover_every_choice_and_both_ends() -> None:
+    space, _ = parse_space(["a=choice(1, 2, 3)", "b=interval(1.0, 3.0)", "c=int(interval(2, 9))"])
+    points = probe_points(space)
+    assert points[0] == {"a": 1, "b": 1.0, "c": 2}
+    assert {p["a"] for p in points} == {1, 2, 3} and {p["c"] for p in points} == {2, 9}
+    assert 3.0 in {p["b"] for p in points} and any(p["b"] != int(p["b"]) for p in points)
+    assert all(sum(p[k] != points[0][k] for k in p) <= 1 for p in points)  # one parameter changed at a time
+
+
+SEARCH_SPACES = sorted(p.stem for p in (ROOT / "conf" / "search_space").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SEARCH_SPACES)
+def test_shipped_search_spaces_pass_the_sweeper_checks(tmp_path, name: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sweeps.config import ConfigError, validate
+    from sweeps.study.runner import ComposeError
+    from sweeps.train import to_train_config
+
+    def trial_config(overrides: list[str]):
+        cfg = to_train_config(compose("train", [f"search_space={name}", *overrides]))
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            raise ComposeError(str(e)) from None
+        return cfg
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        sweeper = compose("train", [f"search_space={name}"], return_hydra_config=True).hydra.sweeper
+        settings = SweepSettings(**{k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                                    for k, v in sweeper.items() if k != "_target_"})  # fmt: skip
+        sweep = Sweep(settings, [], tmp_path, compose=trial_config)
+    assert sweep.space and sweep.study.metric_names == list(sweep.objectives)
+
+
+def test_result_of_a_trial_taken_over_meanwhile_is_not_recorded(tmp_path) -> None:
+    sweep = Sweep(SweepSettings(study_name="o", n_trials=1), ["x=interval(0.0, 1.0)"], tmp_path)
+    taken: list[int] = []
+
+    def launch(overrides: list[list[str]], numbers: list[int]) -> list[Outcome]:
+        if not taken:  # another worker, seeing the lease lapse, fails and re-queues trial 0 while it runs here
+            trial = sweep.study.trials[numbers[0]]
+            taken.append(numbers[0])
+            assert recover_stale(sweep.study, now=trial.user_attrs["lease"]["until"] + 1, me=ELSEWHERE)
+        return [Outcome(metrics={"status": "completed", "asr": 0.1, "utility_acc": 0.5}) for _ in overrides]
+
+    assert sweep.run(launch)["complete"] == 1  # the re-queued copy, run next
+    states = [t.state for t in sweep.study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE] and sweep.study.trials[1].user_attrs["requeued_from"] == 0
+
+
+def test_seed_and_worst_values_are_checked() -> None:
+    text = "\n".join(check_settings(SweepSettings(seed=-1, worst={"asr": math.nan, "utility_acc": 0.0})))
+    assert "hydra.sweeper.seed: must be in [0, 2**32 - n_trials)" in text
+    assert "hydra.sweeper.worst.asr: must be a finite number" in text and "worst.utility_acc" not in text
+
+
+def test_intermediate_checks_need_eval_data_and_a_fed_pruner() -> None:
+    from omegaconf import OmegaConf
+
+    from sweeps.study.metrics import check_problems
+
+    cfg = OmegaConf.create({"data": {"harmful": None, "utility": {"name": "u"}}, "eval": {"accuracy": None},
+                            "trial": {"check_every": 0, "check_metric": "asr", "stop_if": {}}})  # fmt: skip
+    assert check_problems(cfg) == []
+    assert check_problems(cfg, "median") == [
+        "hydra.sweeper.pruner: median prunes on intermediate checks, but trial.check_every=0 (set trial.check_every=N)"
+    ]
+    cfg.trial.check_every = 5
+    cfg.trial.stop_if = {"utility_loss": 3.0, "utility_acc": 0.1}
+    assert check_problems(cfg, "median") == [
+        "trial.check_metric: 'asr' cannot be scored by this config (it scores: utility_loss)",
+        "trial.stop_if.utility_acc: 'utility_acc' cannot be scored by this config (it scores: utility_loss)",
+    ]

@@ -112,33 +112,91 @@ def test_diverged_trials_fail_or_become_infeasible_and_failure_rate_stops(tmp_pa
     assert len(_study(tmp_path, "stop").trials) == 3
 
 
+def _wait_for(predicate, what: str, timeout: float = 180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (found := predicate()) is not None:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _running(sweep_dir: Path, study: str, number: int) -> optuna.trial.FrozenTrial | None:
+    if not (sweep_dir / "optuna.journal").exists():
+        return None
+    try:
+        trials = _study(sweep_dir, study).get_trials(states=(TrialState.RUNNING,))
+    except KeyError:  # the study is being created
+        return None
+    found = [t for t in trials if t.number == number and "lease" in t.user_attrs]
+    return found[0] if found and (sweep_dir / str(number)).is_dir() else None
+
+
 @pytest.mark.slow
-def test_killed_worker_trial_is_failed_and_requeued(tmp_path, toy_root) -> None:
-    args = [*SPACE, "hydra.sweeper.n_trials=2", "hydra.sweeper.lease_seconds=3", "optim.max_steps=400"]
+def test_killed_sweep_rerun_at_once_completes_the_total(tmp_path, toy_root) -> None:
+    # SIGKILL a 4-trial sweep during trial 1, rerun the same command at once (the lease, 120 s, is still fresh):
+    # the rerun sees the lease's worker process is gone, re-queues the trial and ends with 4 COMPLETE.
+    args = [*SPACE, "hydra.sweeper.n_trials=4", "optim.max_steps=40"]
     worker = subprocess.Popen(_cmd(tmp_path, "kill", *args), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    deadline = time.time() + 120
-    running = None
-    while time.time() < deadline and running is None:
-        time.sleep(1)
-        if (tmp_path / "optuna.journal").exists():
-            trials = _study(tmp_path, "kill").get_trials(states=(TrialState.RUNNING,))
-            running = trials[0] if trials else None
-    assert running is not None, "no trial started"
-    time.sleep(2)  # inside the trial
-    os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
-    time.sleep(4)  # let the lease expire
+    try:
+        running = _wait_for(lambda: _running(tmp_path, "kill", 1), "trial 1 to start")
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert not (tmp_path / "1" / "metrics.json").exists()  # killed inside trial 1
+    assert _study(tmp_path, "kill").trials[1].state == TrialState.RUNNING
 
+    start = time.time()
     proc = _sweep(tmp_path, "kill", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.time() - start < 120  # did not wait for the lease
     trials = _study(tmp_path, "kill").trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
     lost = trials[running.number]
-    assert lost.state == TrialState.FAIL and "lease expired" in lost.user_attrs["fail_reason"]
+    assert lost.state == TrialState.FAIL and lost.user_attrs["requeued"]
+    assert f"pid {running.user_attrs['lease']['pid']}" in lost.user_attrs["fail_reason"]
+    assert "no longer running" in lost.user_attrs["fail_reason"]
     redo = [t for t in trials if t.user_attrs.get("requeued_from") == running.number]
     assert len(redo) == 1 and redo[0].state == TrialState.COMPLETE and redo[0].params == lost.params
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2  # the total counts the re-run once
-    assert not (tmp_path / str(running.number) / "metrics.json").exists()  # the killed run left no result
+    assert "4 trial(s) run now" not in proc.stdout and "3 trial(s) run now (3 complete" in proc.stdout
+
+
+# each bad input: (extra overrides, the one line expected on stderr)
+BAD_INPUTS = {
+    "space key": (["optim.lrr=choice(1e-3, 1e-4)"],
+                  "error: search space: 'optim.lrr' is not a key of the trial config"),
+    "space value": (["optim.batch_size=choice(4, eight)"],
+                    "error: search space: Error merging override optim.batch_size=eight: Value 'eight'"),
+    "space value check": (["optim.lr=choice(1e-3, -1.0)"], "error: search space: optim.lr: must be > 0, got -1.0"),
+    "objective": (["hydra.sweeper.objectives=[asrr:minimize]"],
+                  "error: hydra.sweeper.objectives: 'asrr' is not a metric this config produces (available: asr,"),
+    "objective without its data": (["data.harmful=null"],
+                                   "error: hydra.sweeper.objectives: 'asr' is not a metric this config produces"),
+    "constraint": (["hydra.sweeper.constraints=['asr_rate<=0.05']"],
+                   "error: hydra.sweeper.constraints: 'asr_rate<=0.05' names 'asr_rate', not a metric"),
+    "baseline key": (["hydra.sweeper.enqueue=[{optim.lrr: 0.001}]"],
+                     "error: hydra.sweeper.enqueue[0]: 'optim.lrr' is not a searched parameter"),
+    "baseline value": (["hydra.sweeper.enqueue=[{optim.lr: 0.001, optim.batch_size: 16}]"],
+                       "error: hydra.sweeper.enqueue[0]: optim.batch_size=16 is not one of the choices [4, 8]"),
+    "sampler kwargs": (["++hydra.sweeper.sampler_kwargs.n_startup=3"],
+                       "error: hydra.sweeper.sampler_kwargs: TPESampler.__init__() got an unexpected keyword"),
+    "n_jobs": (["hydra.sweeper.n_jobs=2"], "error: hydra.sweeper.n_jobs: 2 trials at a time need a parallel launcher"),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_sweeper_input_fails_before_any_trial(tmp_path, toy_root, case: str) -> None:
+    extra, line = BAD_INPUTS[case]
+    proc = _sweep(tmp_path, "bad", *SPACE, "hydra.sweeper.n_trials=2", *extra, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(line), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Launching" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "optuna.journal").exists()  # no study, so no RUNNING or COMPLETE trial
+    assert not [p for p in tmp_path.iterdir() if p.name.isdigit()]  # and no run dir
 
 
 @pytest.mark.slow
@@ -205,3 +263,25 @@ def test_dashboard_lists_the_study(tmp_path) -> None:
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [
+    ["method=[ema]", "eval.baseline=true", "eval.also_live=true", "trial.check_every=2", "trial.check_metric=asr",
+     "+trial.stop_if.safety_loss=100"],
+    ["data.harmful=null", "data.compliance=null", "eval.accuracy=null"],
+])  # fmt: skip
+def test_available_metrics_are_the_numbers_a_trial_writes(tmp_path, toy_root, extra: list[str]) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.study.metrics import available_metrics
+    from sweeps.train import to_train_config
+    from sweeps.trial import run_trial
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        dcfg = compose("train", [*TINY, f"cache_dir={CACHE_DIR}", *extra])
+    cfg = to_train_config(dcfg)
+    metrics = run_trial(cfg, tmp_path, progress=False)
+    assert metrics["status"] == "completed"
+    numbers = {k for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    assert available_metrics(cfg) == numbers == available_metrics(dcfg)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from hydra_plugins.safety_sweeper.config import SafetySweeperConf  # noqa: F401  (registers the config)
-from sweeps.study.runner import Outcome, Sweep, SweepError, SweepSettings
+from sweeps.config import ConfigError, TrainConfig, validate
+from sweeps.study.runner import ComposeError, Outcome, Sweep, SweepError, SweepSettings
 from sweeps.study.space import SearchSpaceError
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,7 @@ class SafetySweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -63,7 +69,8 @@ class SafetySweeper(Sweeper):
         assert self.config is not None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         try:
-            sweep = Sweep(self.settings, arguments, sweep_dir)
+            self._check_launcher()
+            sweep = Sweep(self.settings, arguments, sweep_dir, compose=self._compose)
             counts = sweep.run(self._launch)
         except (SweepError, SearchSpaceError) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -73,6 +80,47 @@ class SafetySweeper(Sweeper):
               f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed); "
               f"storage {sweep.url}\nwatch it with: {sweep_dashboard(sweep.url)}", flush=True)  # fmt: skip
         return counts
+
+    def _check_launcher(self) -> None:
+        if self.settings.n_jobs > 1 and isinstance(self.launcher, BasicLauncher):
+            raise SweepError(f"hydra.sweeper.n_jobs: {self.settings.n_jobs} trials at a time need a parallel launcher "
+                             "(e.g. cluster=slurm); Hydra's basic launcher would run them one after another, each "
+                             "holding a lease meanwhile; for parallel local trials start the command several times")
+
+    def _compose(self, overrides: list[str]) -> TrainConfig:
+        """The trial config these overrides give, composed as the launcher will, then type- and value-checked."""
+        from sweeps.train import to_train_config
+
+        assert self.config is not None
+        try:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise ComposeError(_one_line(e)) from None
+        with open_dict(cfg):
+            del cfg["hydra"]
+        try:
+            typed = to_train_config(cfg)
+            validate(typed)
+        except ConfigError as e:
+            lines = [line.strip() for line in str(e).splitlines()]
+            raise ComposeError("\n".join(line for line in lines if line and line != "invalid config:")) from None
+        return typed
+
+
+def _one_line(e: Exception) -> str:
+    """Hydra's composition errors span several lines (hints, search path); keep the part that names the key."""
+    text = str(e)
+    first = text.splitlines()[0].strip() if text.strip() else type(e).__name__
+    missing = isinstance(e.__cause__, ConfigKeyError | ConfigAttributeError)
+    if missing and (m := re.match(r"Could not override '([^']+)'", first)):
+        return (f"'{m[1]}' is not a key of the trial config ({str(e.__cause__).splitlines()[0]}); "
+                f"a new key needs '+{m[1]}=...'")  # fmt: skip
+    if e.__cause__ is not None:
+        first = f"{first}: {str(e.__cause__).splitlines()[0]}"
+    options = re.search(r"Available options in '([^']+)':\n((?:\t.*\n?)+)", text)
+    if options:
+        first += f" (available in {options[1]}: {', '.join(o.strip() for o in options[2].splitlines())})"
+    return first
 
 
 def sweep_dashboard(url: str) -> str:

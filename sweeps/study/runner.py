@@ -23,7 +23,16 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import Trial, TrialState
 
-from sweeps.study.space import fingerprint, grid_values, parse_space
+from sweeps.study.lease import DEAD, EXPIRED, describe, new_lease, process_start, verdict
+from sweeps.study.space import (
+    SearchSpaceError,
+    fingerprint,
+    grid_size,
+    grid_values,
+    parse_space,
+    probe_points,
+    value_problem,
+)
 from sweeps.study.storage import ask_lock, dashboard_command, is_journal, open_storage, resolve_storage_url
 
 log = logging.getLogger(__name__)
@@ -42,7 +51,7 @@ class SweepSettings:
     study_name: str = "study"
     storage: str | None = None  # None: a journal file in the sweep dir; else an SQLAlchemy URL
     n_trials: int = 20  # the study's total, over all runs and workers
-    n_jobs: int = 1  # trials launched together (useful with a parallel launcher)
+    n_jobs: int = 1  # trials launched together (> 1 needs a parallel launcher)
     # lists, not dicts, so that a shell override replaces them: ["metric:minimize", ...], ["asr<=0.05", ...]
     objectives: list[str] = field(default_factory=lambda: ["asr:minimize", "utility_acc:maximize"])
     constraints: list[str] = field(default_factory=list)
@@ -56,7 +65,9 @@ class SweepSettings:
     on_failure: str = "fail"  # fail: FAIL the trial | infeasible: COMPLETE with `worst` values, constraints violated
     worst: dict[str, float] = field(default_factory=lambda: {"asr": 1.0, "utility_acc": 0.0})
     max_failure_rate: float = 0.5
-    lease_seconds: float = 120.0  # a RUNNING trial whose worker stopped renewing this long ago is failed and re-queued
+    # a RUNNING trial whose worker stopped renewing this long ago is failed and re-queued (a dead worker on the same
+    # host at once, see sweeps.study.lease)
+    lease_seconds: float = 120.0
 
 
 @dataclass
@@ -88,6 +99,8 @@ def parse_objectives(specs: list[str]) -> dict[str, str]:
         direction = {"min": "minimize", "max": "maximize"}.get(direction, direction)
         if not metric or direction not in DIRECTIONS:
             raise SweepError(f"hydra.sweeper.objectives: expected 'metric:minimize' or 'metric:maximize', got '{spec}'")
+        if metric in out:
+            raise SweepError(f"hydra.sweeper.objectives: '{metric}' is named twice")
         out[metric] = direction
     return out
 
@@ -116,15 +129,68 @@ def check_settings(s: SweepSettings) -> list[str]:
         errors.append(f"hydra.sweeper.on_failure: '{s.on_failure}' is not one of {list(FAILURE_POLICIES)}")
     if s.on_failure == "infeasible":
         errors += [f"hydra.sweeper.worst.{k}: needed by on_failure=infeasible" for k in objectives if k not in s.worst]
+    if s.seed is not None and not 0 <= s.seed < 2**32 - s.n_trials:  # numpy's seed range, offset per ask
+        errors.append(f"hydra.sweeper.seed: must be in [0, 2**32 - n_trials) or null, got {s.seed}")
+    bad_worst = [k for k, v in s.worst.items() if not isinstance(v, int | float) or not math.isfinite(v)]
+    errors += [f"hydra.sweeper.worst.{k}: must be a finite number, got {s.worst[k]}" for k in bad_worst]
     if not 0 <= s.max_failure_rate <= 1:
         errors.append(f"hydra.sweeper.max_failure_rate: must be in [0, 1], got {s.max_failure_rate}")
-    if s.lease_seconds <= 0:
-        errors.append(f"hydra.sweeper.lease_seconds: must be > 0, got {s.lease_seconds}")
+    if not (math.isfinite(s.lease_seconds) and s.lease_seconds >= 1):
+        # renewed every lease_seconds/3: shorter floods the storage, infinite never lets another host recover it
+        errors.append(f"hydra.sweeper.lease_seconds: must be a finite number >= 1, got {s.lease_seconds}")
     for spec in s.constraints:
         try:
             parse_constraint(spec)
         except SweepError as e:
             errors.append(str(e))
+    return errors
+
+
+def check_sampling(s: SweepSettings, space: dict[str, BaseDistribution]) -> list[str]:
+    """Sampler and pruner arguments, tried on the real classes (Optuna would raise only once the sweep runs)."""
+    errors = []
+    kwargs = dict(s.sampler_kwargs)
+    if "seed" in kwargs:
+        errors.append("hydra.sweeper.sampler_kwargs.seed: set hydra.sweeper.seed instead (each ask offsets it)")
+    elif s.sampler == "grid" and "search_space" in kwargs:
+        errors.append("hydra.sweeper.sampler_kwargs.search_space: the grid is the search space (hydra.sweeper.params)")
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                make_sampler(s.sampler, s.seed, kwargs, space)
+        except SearchSpaceError as e:
+            errors.append(f"hydra.sweeper.sampler=grid: {e}")
+        except (TypeError, ValueError) as e:
+            errors.append(f"hydra.sweeper.sampler_kwargs: {str(e).splitlines()[0]}")
+    if s.sampler == "grid" and not errors and s.n_trials > (size := grid_size(space)):
+        errors.append(f"hydra.sweeper.n_trials: {s.n_trials} is more than the grid's {size} points (the grid sampler "
+                      f"would repeat them); use n_trials={size} or widen the grid")  # fmt: skip
+    if s.pruner == "none" and s.pruner_kwargs:
+        errors.append(f"hydra.sweeper.pruner_kwargs: {dict(s.pruner_kwargs)} given, but hydra.sweeper.pruner=none")
+    elif s.pruner in PRUNERS:
+        try:
+            make_pruner(s.pruner, dict(s.pruner_kwargs))
+            json.dumps(dict(s.pruner_kwargs))  # passed on to the trials as JSON
+        except (TypeError, ValueError) as e:
+            errors.append(f"hydra.sweeper.pruner_kwargs: {str(e).splitlines()[0]}")
+    return errors
+
+
+def check_enqueue(entries: list[Any], space: dict[str, BaseDistribution]) -> list[str]:
+    """Each baseline names searched parameters only, with values the parameter can take: Optuna would drop other
+    keys silently (the baseline then runs sampled values) and crash on a value outside a choice."""
+    errors = []
+    for i, entry in enumerate(entries):
+        key = f"hydra.sweeper.enqueue[{i}]"
+        if not isinstance(entry, dict) or not entry:
+            errors.append(f"{key}: expected a mapping from searched parameters to values, got {entry!r}")
+            continue
+        for name, value in entry.items():
+            if name not in space:
+                errors.append(f"{key}: '{name}' is not a searched parameter (searched: {', '.join(space)})")
+            elif (problem := value_problem(space[name], value)) is not None:
+                errors.append(f"{key}: {name}={value!r} {problem}")
     return errors
 
 
@@ -158,7 +224,7 @@ def override_value(value: Any) -> str:
 
 
 class _Lease:
-    """Renews `lease_until` on the given RUNNING trials from a background thread while they run."""
+    """Renews the lease (sweeps.study.lease) on the given RUNNING trials from a background thread while they run."""
 
     def __init__(self, trials: Sequence[Trial], seconds: float) -> None:
         self.trials, self.seconds = list(trials), seconds
@@ -169,7 +235,7 @@ class _Lease:
         for t in self.trials:
             # a trial that finished meanwhile, or a storage hiccup, raises: the next renewal retries
             with contextlib.suppress(Exception):
-                t.set_user_attr("lease_until", time.time() + self.seconds)
+                t.set_user_attr("lease", new_lease(self.seconds))
 
     def _run(self) -> None:
         while not self._stop.wait(self.seconds / 3):
@@ -185,40 +251,90 @@ class _Lease:
         self._thread.join()
 
 
-def recover_stale(study: optuna.Study, now: float | None = None) -> list[int]:
-    """Fail RUNNING trials whose lease expired (their worker died) and re-queue their parameters."""
+def _lease_of(t: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    lease = t.user_attrs.get("lease")
+    if isinstance(lease, dict):
+        return lease
+    if "lease_until" in t.user_attrs:  # studies written before leases named their worker
+        return {"until": t.user_attrs["lease_until"]}
+    return None
+
+
+def stale_reason(t: optuna.trial.FrozenTrial, now: float, unleased_after: float | None = None,
+                 me: dict[str, str] | None = None, probe=process_start) -> str | None:  # fmt: skip
+    """Why RUNNING trial `t` has no live worker any more, or None while it may still have one."""
+    lease = _lease_of(t)
+    if lease is None:
+        # killed between ask and the first lease write: nothing will ever renew it
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        if unleased_after is not None and now - started > unleased_after:
+            return f"worker lost: no lease {now - started:.0f} s after the trial started"
+        return None
+    state = verdict(lease, now, me, probe)
+    if state == DEAD:
+        return f"worker lost: {describe(lease)} is no longer running"
+    if state == EXPIRED:
+        return f"worker lost: lease expired ({describe(lease)} stopped renewing it)"
+    return None
+
+
+def recover_stale(study: optuna.Study, now: float | None = None, unleased_after: float | None = None,
+                  me: dict[str, str] | None = None, probe=process_start) -> list[int]:  # fmt: skip
+    """Fail RUNNING trials whose worker died (same host: at once; elsewhere: once the lease expired) and re-queue
+    their parameters, so that the study still reaches n_trials finished trials."""
     now = time.time() if now is None else now
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        lease = t.user_attrs.get("lease_until")
-        if lease is None or lease > now:
+        reason = stale_reason(t, now, unleased_after, me, probe)
+        if reason is None:
             continue
         storage = study._storage
         try:
             storage.set_trial_user_attr(t._trial_id, "requeued", True)
-            storage.set_trial_user_attr(t._trial_id, "fail_reason", "worker lost: lease expired")
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
             study.tell(t.number, state=TrialState.FAIL)
         except (RuntimeError, ValueError):
             continue  # another worker recovered it first
         study.enqueue_trial(dict(t.params), user_attrs={"requeued_from": t.number})
-        log.warning("trial %d: worker lost (lease expired); failed and re-queued", t.number)
+        log.warning("trial %d: %s; failed and re-queued", t.number, reason)
         recovered.append(t.number)
     return recovered
 
 
 def budget_used(study: optuna.Study) -> int:
     """Trials that count towards n_trials: every asked trial except re-queued or surplus ones."""
-    return sum(
-        1 for t in study.get_trials(deepcopy=False)
-        if t.state != TrialState.WAITING and not t.user_attrs.get("requeued") and not t.user_attrs.get("surplus")
-    )  # fmt: skip
+    return len(_counted(study))
+
+
+def _counted(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=states)
+            if t.state != TrialState.WAITING and not t.user_attrs.get("requeued")
+            and not t.user_attrs.get("surplus")]  # fmt: skip
+
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class ComposeError(ValueError):
+    """A set of overrides that does not compose into a valid trial config; the message is one line per problem."""
+
+
+# overrides -> the trial's config (TrainConfig or DictConfig); raises ComposeError. Given by the Hydra plugin.
+Compose = Callable[[list[str]], Any]
+
+
+def _one_error(errors: list[str]) -> SweepError:
+    errors = list(dict.fromkeys(errors))
+    return SweepError(errors[0] if len(errors) == 1 else "invalid sweeper config:\n  " + "\n  ".join(errors))
 
 
 class Sweep:
-    def __init__(self, settings: SweepSettings, arguments: list[str], sweep_dir: str | Path) -> None:
+    def __init__(self, settings: SweepSettings, arguments: list[str], sweep_dir: str | Path,
+                 compose: Compose | None = None) -> None:  # fmt: skip
+        """Checks everything it can before the study is opened: nothing is asked or written for a bad config."""
         errors = check_settings(settings)
         if errors:
-            raise SweepError("invalid sweeper config:\n  " + "\n  ".join(errors))
+            raise _one_error(errors)
         self.s = settings
         self.space, self.fixed = parse_space([f"{k}={v}" for k, v in settings.params.items()] + list(arguments))
         if not self.space:
@@ -226,6 +342,11 @@ class Sweep:
                              "'optim.lr=tag(log, interval(1e-5, 1e-2))'")  # fmt: skip
         self.objectives = parse_objectives(settings.objectives)
         self.constraints = [parse_constraint(spec) for spec in settings.constraints]
+        errors = check_sampling(settings, self.space) + check_enqueue(settings.enqueue, self.space)
+        if compose is not None and not errors:
+            errors = self.check_trial_configs(compose)
+        if errors:
+            raise _one_error(errors)
         self.url = resolve_storage_url(settings.storage, sweep_dir)
         if self.url.startswith("sqlite") and settings.n_jobs > 1:
             raise SweepError("hydra.sweeper.storage: sqlite with several workers crashed workers here; use the "
@@ -237,6 +358,37 @@ class Sweep:
         )  # fmt: skip
         self._check_fingerprint()
         self.worker = uuid.uuid4().hex[:8]
+
+    def check_trial_configs(self, compose: Compose) -> list[str]:
+        """Compose the trial config for probe points of the space (every choice, both ends of every range) and for
+        each baseline; then check that every objective and constraint names a metric all of them produce."""
+        from sweeps.study.metrics import available_metrics, check_problems  # imports torch: once a sweep starts
+
+        errors: list[str] = []
+        available: set[str] | None = None
+        points = [("search space", p) for p in probe_points(self.space)]
+        points += [(f"hydra.sweeper.enqueue[{i}]", {**points[0][1], **e}) for i, e in enumerate(self.s.enqueue)]
+        for where, point in points:
+            try:
+                cfg = compose(self._overrides(point))
+            except ComposeError as e:
+                errors += [f"{where}: {line}" for line in str(e).splitlines()]
+                continue
+            errors += check_problems(cfg, self.s.pruner)
+            have = available_metrics(cfg)
+            available = have if available is None else available & have
+        if errors or available is None:
+            return errors
+        listing = ", ".join(sorted(available))
+        for metric in self.objectives:
+            if metric not in available:
+                errors.append(f"hydra.sweeper.objectives: '{metric}' is not a metric this config produces "
+                              f"(available: {listing})")  # fmt: skip
+        for spec, (metric, _, _) in zip(self.s.constraints, self.constraints, strict=True):
+            if metric not in available:
+                errors.append(f"hydra.sweeper.constraints: '{spec}' names '{metric}', not a metric this config "
+                              f"produces (available: {listing})")  # fmt: skip
+        return errors
 
     def _check_fingerprint(self) -> None:
         fp = fingerprint(self.space, self.fixed, self.objectives, sorted(self.s.constraints))
@@ -258,20 +410,22 @@ class Sweep:
         seed = None if self.s.seed is None else int(self.s.seed) + offset
         return make_sampler(self.s.sampler, seed, self.s.sampler_kwargs, self.space)
 
+    def _overrides(self, params: dict[str, Any]) -> list[str]:
+        fixed = [f"{k}={v}" for k, v in self.fixed.items() if k not in params]
+        return fixed + [f"{k}={override_value(v)}" for k, v in params.items()]
+
     def trial_overrides(self, trial: Trial) -> list[str]:
-        params = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
-        fixed = [f"{k}={v}" for k, v in self.fixed.items() if k not in trial.params]
         info = [
             f"trial.study={self.s.study_name}", f"trial.storage='{self.url}'", f"trial.number={trial.number}",
             f"trial.trial_id={trial._trial_id}", f"trial.pruner={self.s.pruner}",
             f"trial.pruner_kwargs='{json.dumps(dict(self.s.pruner_kwargs))}'",
             f"trial.single_objective={'true' if len(self.objectives) == 1 else 'false'}",
         ]  # fmt: skip
-        return fixed + params + info
+        return self._overrides(trial.params) + info
 
     def _ask(self) -> list[Trial]:
         with ask_lock(self.url):
-            recover_stale(self.study)
+            recover_stale(self.study, unleased_after=self.s.lease_seconds)
             used = budget_used(self.study)
             if used >= self.s.n_trials:
                 return []
@@ -280,19 +434,16 @@ class Sweep:
                 # A fixed seed would replay the same suggestions in every resumed or parallel worker; offsetting it
                 # by the study's trial count keeps suggestions reproducible from the history yet distinct.
                 self.study.sampler = self._sampler(len(self.study.get_trials(deepcopy=False)))
-                trials.append(self.study.ask(self.space))
-            for t in trials:
+                t = self.study.ask(self.space)
+                t.set_user_attr("lease", new_lease(self.s.lease_seconds))  # first, so a crash here is recoverable
                 t.set_user_attr("worker", self.worker)
-                t.set_user_attr("lease_until", time.time() + self.s.lease_seconds)
+                trials.append(t)
         if not is_journal(self.url) and not self.url.startswith("sqlite"):
             trials = self._drop_surplus(trials)  # no shared lock across machines: check afterwards
         return trials
 
     def _drop_surplus(self, trials: list[Trial]) -> list[Trial]:
-        counted = sorted(t.number for t in self.study.get_trials(deepcopy=False)
-                         if t.state != TrialState.WAITING and not t.user_attrs.get("requeued")
-                         and not t.user_attrs.get("surplus"))  # fmt: skip
-        allowed = set(counted[: self.s.n_trials])
+        allowed = set(sorted(t.number for t in _counted(self.study))[: self.s.n_trials])
         keep = []
         for t in trials:
             if t.number in allowed:
@@ -308,21 +459,59 @@ class Sweep:
             self.study.enqueue_trial(dict(params), user_attrs={"baseline": True}, skip_if_exists=True)
         log.info("study '%s' in %s; watch it with: %s", self.s.study_name, self.url, dashboard_command(self.url))
         counts = {"complete": 0, "pruned": 0, "failed": 0}
-        while trials := self._ask():
+        self._next_note = 0.0
+        while True:
+            trials = self._ask()
+            if not trials:
+                if self._wait_for_others():
+                    continue
+                break
             try:
                 with _Lease(trials, self.s.lease_seconds):
                     outcomes = launch([self.trial_overrides(t) for t in trials], [t.number for t in trials])
             except KeyboardInterrupt:
                 self._requeue(trials, "interrupted (Ctrl-C)")
                 raise
+            except Exception as e:  # the launcher itself failed: give the trials back rather than leave them RUNNING
+                self._requeue(trials, f"launcher error: {type(e).__name__}: {str(e)[:500]}")
+                raise
             for trial, outcome in zip(trials, outcomes, strict=True):
+                if self.study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+                    # another worker took it over while its lease had lapsed (e.g. the storage was unreachable)
+                    log.warning("trial %d was re-queued by another worker meanwhile; its result is not recorded",
+                                trial.number)  # fmt: skip
+                    continue
                 counts[self._tell(trial, outcome)] += 1
             done = sum(counts.values())
             failed = counts["failed"]
             if failed and done >= min(3, self.s.n_trials) and failed / done > self.s.max_failure_rate:
                 raise SweepError(f"{failed} of {done} trials failed (max_failure_rate={self.s.max_failure_rate}); "
                                  "see fail_reason in the study or the run dirs' logs")  # fmt: skip
+        finished = len(_counted(self.study, FINISHED))
+        if finished < self.s.n_trials:  # a guard: the loop above only ends once every counted trial finished
+            raise SweepError(f"study '{self.s.study_name}': {finished} of hydra.sweeper.n_trials={self.s.n_trials} "
+                             "trials finished; run the command again to complete it")  # fmt: skip
         return counts
+
+    def _wait_for_others(self) -> bool:
+        """The budget is asked for. While other workers still run trials, pause and return True (the caller asks
+        again: a trial whose worker dies meanwhile is re-queued and run here); False once none is running."""
+        running = _counted(self.study, states=(TrialState.RUNNING,))
+        if not running:
+            return False
+        now = time.time()
+        if now >= self._next_note:
+            held = []
+            for t in running:
+                lease = _lease_of(t) or {}
+                until = lease.get("until")
+                left = max(until - now, 0) if isinstance(until, int | float) else 0
+                held.append(f"{t.number} ({describe(lease)}, lease {left:.0f} s left)")
+            log.info("all %d trials are asked for; waiting for trial(s) %s on other workers to finish or their lease "
+                     "to expire", self.s.n_trials, ", ".join(held))  # fmt: skip
+            self._next_note = now + 60
+        time.sleep(min(5.0, self.s.lease_seconds / 3))
+        return True
 
     def _requeue(self, trials: list[Trial], reason: str) -> None:
         """Give interrupted trials back at once, so the next run re-runs them without waiting for the lease."""

@@ -98,6 +98,48 @@ def grid_values(key: str, dist: BaseDistribution) -> list[Any]:
     raise SearchSpaceError(f"{key}: the grid sampler needs choice(...) or range(...), not a continuous interval")
 
 
+def grid_size(space: dict[str, BaseDistribution]) -> int:
+    return math.prod(len(grid_values(k, d)) for k, d in space.items())
+
+
+def value_problem(dist: BaseDistribution, value: Any) -> str | None:
+    """Why `value` is not one the distribution can take (None if it can)."""
+    if isinstance(dist, CategoricalDistribution):
+        return None if value in dist.choices else f"is not one of the choices {list(dist.choices)}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "is not a number"
+    if not dist._contains(dist.to_internal_repr(value)):  # range and step, the check Optuna applies on ask
+        return f"lies outside the searched {describe(dist)}"
+    return None
+
+
+def describe(dist: BaseDistribution) -> str:
+    if isinstance(dist, CategoricalDistribution):
+        return f"choice{tuple(dist.choices)}"
+    kind = "int " if isinstance(dist, IntDistribution) else ""
+    step = f", step {dist.step}" if dist.step is not None and dist.step != 1 else ""
+    return f"{kind}range [{dist.low}, {dist.high}]{step}{' (log)' if dist.log else ''}"
+
+
+def probe_points(space: dict[str, BaseDistribution], limit: int = 48) -> list[dict[str, Any]]:
+    """Parameter sets that between them use every choice and both ends of every range: the first takes each
+    parameter's first choice or low end, every other one changes a single parameter. Composing each shows before
+    the first trial whether any value the sampler may suggest fails to compose."""
+    base = {k: d.choices[0] if isinstance(d, CategoricalDistribution) else d.low for k, d in space.items()}
+    points = [base]
+    for k, d in space.items():
+        if isinstance(d, CategoricalDistribution):
+            others = list(d.choices[1:])
+        else:
+            others = [d.high]
+            if isinstance(d, FloatDistribution) and d.step is None:
+                # an interior value that is not a whole number: a float interval on an int key shows here
+                mid = math.sqrt(d.low * d.high) if d.log else (d.low + d.high) / 2
+                others.append(mid if mid != int(mid) else mid + (d.high - d.low) / 7)
+        points += [{**base, k: v} for v in others]
+    return points[:limit]
+
+
 def fingerprint(space: dict[str, BaseDistribution], fixed: dict[str, str], objectives: dict[str, str],
                 constraints: list[str]) -> dict[str, Any]:  # fmt: skip
     """What must not change when a study is continued; stored in the study and compared on resume."""
