@@ -275,8 +275,8 @@ def test_available_metrics_are_the_numbers_a_trial_writes(tmp_path, toy_root, ex
     from hydra import compose, initialize_config_dir
 
     from sweeps.study.metrics import available_metrics
-    from sweeps.train import to_train_config
     from sweeps.trial import run_trial
+    from sweeps.validate import to_train_config
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         dcfg = compose("train", [*TINY, f"cache_dir={CACHE_DIR}", *extra])

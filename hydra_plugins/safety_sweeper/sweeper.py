@@ -18,9 +18,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from hydra_plugins.safety_sweeper.config import SafetySweeperConf  # noqa: F401  (registers the config)
-from sweeps.config import ConfigError, TrainConfig, validate
+from sweeps.config import ConfigError, TrainConfig
 from sweeps.study.runner import ComposeError, Outcome, Sweep, SweepError, SweepSettings
 from sweeps.study.space import SearchSpaceError
+from sweeps.validate import to_train_config, validate
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,6 @@ class SafetySweeper(Sweeper):
 
     def _compose(self, overrides: list[str]) -> TrainConfig:
         """The trial config these overrides give, composed as the launcher will, then type- and value-checked."""
-        from sweeps.train import to_train_config
 
         assert self.config is not None
         try:
