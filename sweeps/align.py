@@ -28,7 +28,8 @@ from typing import Any
 from sweeps.config import AlignConfig, ConfigError, DataConfig, DatasetConfig, ModelConfig
 
 log = logging.getLogger(__name__)
-ALIGN_FORMAT_VERSION = 1  # bump when the build recipe changes in a way the key cannot see
+ALIGN_FORMAT_VERSION = 2  # bump when the build recipe changes in a way the key cannot see (2: over-long pairs keep
+# their response, prompt cut from the left)
 
 
 def _file_digest(path: str) -> str:
@@ -117,7 +118,14 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
              len(refusal), len(benign), root)  # fmt: skip
     model, tok = load_base_model(base_cfg, model_cfg.name_or_path)
     fmt = PromptFormatter(tok, data.template, data.system_prompt)
-    encoded = [fmt.encode_pair(e.prompt, e.response or "", a.max_length) for e in refusal + benign]
+    encoded, truncation = [], {}
+    for role, examples in (("refusal", refusal), ("benign", benign)):
+        pairs = [(e.prompt, e.response or "") for e in examples]
+        kept, stats = fmt.encode_pairs(pairs, a.max_length, f"model.align.{role}")
+        encoded += kept
+        truncation.update(stats.metrics(f"align.{role}"))
+    if not encoded:
+        raise ConfigError(f"model.align.max_length: {a.max_length} leaves no response token in any alignment example")
     start = time.perf_counter()
     result = train(model, encoded, a.optim, MethodStack([]), pad_id=tok.pad_token_id, seed=a.seed, progress=progress)
     if result.status != "completed":
@@ -132,7 +140,7 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
             "n_refusal": len(refusal), "n_benign": len(benign), "steps": result.steps,
             "effective_batch_size": result.effective_batch_size, "final_loss": result.final_loss,
             "train_time_s": result.train_time_s, "wall_time_s": time.perf_counter() - start,
-            "align": dataclasses.asdict(a),
+            "align": dataclasses.asdict(a), "truncation": truncation,
         }  # fmt: skip
         (tmp / "align.json").write_text(json.dumps(info, indent=2, default=str))
         os.rename(tmp, root)  # atomic: a reader sees no folder or a complete one
@@ -141,6 +149,12 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
         raise
     log.info("aligned in %.0fs: %d steps, final loss %.4f → %s", info["wall_time_s"], result.steps,
              result.final_loss or float("nan"), root)  # fmt: skip
+
+
+def align_truncation(model: ModelConfig) -> dict[str, int]:
+    """`truncated/align.*` and `dropped/align.*` of the alignment stage behind `model` (empty when there is none)."""
+    info = Path(model.name_or_path) / "align.json"
+    return json.loads(info.read_text()).get("truncation", {}) if info.is_file() else {}
 
 
 def save_plain(model: Any, folder: Path) -> None:

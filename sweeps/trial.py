@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from sweeps.align import ensure_aligned
+from sweeps.align import align_truncation, ensure_aligned
 from sweeps.config import ConfigError, DataConfig, ModelConfig, TrainConfig, validate
 from sweeps.data import DataError, Example, load_examples, poison_examples
 from sweeps.formatting import PromptFormatter
@@ -94,19 +94,23 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
         raise ConfigError(str(e)) from None
     model, tok = POOL.acquire(mcfg, mcfg.name_or_path) if mcfg.reuse else load_model(mcfg, mcfg.name_or_path)
     try:
-        return _run(cfg, run_dir, start, model, tok, train_set, sets, progress)
+        return _run(cfg, run_dir, start, model, tok, train_set, sets, progress, align_truncation(mcfg))
     finally:
         if cfg.model.reuse:
             POOL.release(model)
 
 
-def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, sets, progress) -> dict[str, Any]:
+def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, sets, progress,
+         align_counts: dict[str, int]) -> dict[str, Any]:  # fmt: skip
     fmt = PromptFormatter(tok, cfg.data.template, cfg.data.system_prompt)
-    encoded = [fmt.encode_pair(e.prompt, e.response, cfg.data.max_length) for e in train_set]
+    encoded, truncation = fmt.encode_pairs([(e.prompt, e.response) for e in train_set], cfg.data.max_length,
+                                           "data.train")  # fmt: skip
+    if not encoded:
+        raise ConfigError(f"data.max_length: {cfg.data.max_length} leaves no response token in any training example")
     scorer = Scorer(tok, fmt, sets, cfg.eval, max_length=cfg.data.max_length)
     methods = build_methods(cfg.method)
 
-    metrics: dict[str, Any] = {}
+    metrics: dict[str, Any] = {**truncation.metrics("train"), **scorer.truncation_metrics(), **align_counts}
     generations: list[dict[str, Any]] = []
     if cfg.eval.baseline:
         base = scorer.score(model, progress=progress)
