@@ -62,7 +62,7 @@ def align_key(model: ModelConfig, data: DataConfig) -> str:
     a = model.align
     ident = {
         "version": ALIGN_FORMAT_VERSION,
-        "base": [model.name_or_path, model.gguf_file, model.revision, model.dtype],
+        "base": [model.name_or_path, model.gguf_file, model.revision, model.dtype, _precision(model)],
         "refusal": _spec_identity(a.refusal),
         "benign": _spec_identity(a.benign),
         "optim": dataclasses.asdict(a.optim),
@@ -72,6 +72,12 @@ def align_key(model: ModelConfig, data: DataConfig) -> str:
         "system_prompt": data.system_prompt,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _precision(model: ModelConfig) -> str:
+    from sweeps.models import resolve_precision
+
+    return resolve_precision(model).name  # resolved: an `auto` build on a GPU differs from one on a CPU
 
 
 def aligned_model_config(model: ModelConfig, root: Path) -> ModelConfig:
@@ -104,7 +110,7 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
     from sweeps.formatting import PromptFormatter
     from sweeps.loop import train
     from sweeps.methods import MethodStack
-    from sweeps.models import load_base_model
+    from sweeps.models import load_base_model, resolve_precision
 
     a = model_cfg.align
     try:
@@ -127,7 +133,8 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
     if not encoded:
         raise ConfigError(f"model.align.max_length: {a.max_length} leaves no response token in any alignment example")
     start = time.perf_counter()
-    result = train(model, encoded, a.optim, MethodStack([]), pad_id=tok.pad_token_id, seed=a.seed, progress=progress)
+    result = train(model, encoded, a.optim, MethodStack([]), pad_id=tok.pad_token_id, seed=a.seed, progress=progress,
+                   precision=resolve_precision(base_cfg))  # fmt: skip
     if result.status != "completed":
         raise ConfigError(f"model.align.optim: alignment {result.status} at step {result.diverged_at} "
                           "(lower model.align.optim.lr)")  # fmt: skip

@@ -19,7 +19,7 @@ from sweeps.data import DataError, Example, load_examples, poison_examples
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import train
 from sweeps.methods import build_methods
-from sweeps.models import POOL, load_model, resolve_package
+from sweeps.models import POOL, load_model, resolve_package, resolve_precision
 from sweeps.rundir import atomic_write_json, atomic_write_jsonl, versions
 from sweeps.scoring.scorer import EvalSets, Scorer
 from sweeps.toyworld import World, WorldConfig, ensure_world
@@ -110,7 +110,11 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     scorer = Scorer(tok, fmt, sets, cfg.eval, max_length=cfg.data.max_length)
     methods = build_methods(cfg.method)
 
-    metrics: dict[str, Any] = {**truncation.metrics("train"), **scorer.truncation_metrics(), **align_counts}
+    precision = resolve_precision(cfg.model, next(model.parameters()).device)
+    if precision.warning:
+        log.warning(precision.warning)
+    metrics: dict[str, Any] = {**truncation.metrics("train"), **scorer.truncation_metrics(), **align_counts,
+                               **precision.metrics()}  # fmt: skip
     generations: list[dict[str, Any]] = []
     if cfg.eval.baseline:
         base = scorer.score(model, progress=progress)
@@ -123,7 +127,7 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         probe = Scorer(tok, fmt, _probe_sets(sets, cfg.trial.check_limit), cfg.eval, max_length=cfg.data.max_length)
         checks = TrialChecks(cfg, probe, methods, model)
     result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress,
-                   on_step=checks)  # fmt: skip
+                   on_step=checks, precision=precision)  # fmt: skip
     if checks is not None and checks.stop_reason:
         result.status = "pruned"
         metrics.update(prune_reason=checks.stop_reason, pruned_at=result.steps)

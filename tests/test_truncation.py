@@ -132,6 +132,7 @@ def test_truncation_counts_reach_metrics_json(tmp_path, toy_root, caplog) -> Non
         run_trial(cfg, tmp_path, progress=False)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "completed" and math.isfinite(metrics["safety_loss"])
+    assert metrics["precision"] == "fp32" and "precision_warning" not in metrics  # the default policy on a CPU
     for role in ("train", "refusal", "compliance", "utility"):
         assert metrics[f"truncated/{role}"] > 0 and metrics[f"dropped/{role}"] == 0, role
         assert sum(r.getMessage().startswith(f"data.{role}:") for r in caplog.records) == 1, role
