@@ -171,6 +171,7 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
         "perturbed": names, "excluded": [n for n, _ in model.named_parameters() if n not in set(names)],
         "n_perturbed_values": int(sum(p.numel() for _, p in params)), "metrics": list(s.metrics),
         "model": model_path, "centre_weights": s.centre_weights, "targets": list(s.targets), "versions": versions(),
+        "truncation": scorer.truncation_metrics(),  # NLL-set examples cut to fit data.max_length, or dropped
     }  # fmt: skip
 
     # direction sets: one per repeat (random) or the one spanned by the target(s)

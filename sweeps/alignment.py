@@ -27,7 +27,8 @@ from typing import Any
 from sweeps.config import AlignConfig, ConfigError, DataConfig, DatasetConfig, ModelConfig
 
 log = logging.getLogger(__name__)
-ALIGN_FORMAT_VERSION = 1  # bump when the build recipe changes in a way the key cannot see
+ALIGN_FORMAT_VERSION = 2  # bump when the build recipe changes in a way the key cannot see (2: over-long pairs keep
+# their response, prompt cut from the left)
 
 
 def _file_digest(path: str) -> str:
@@ -60,7 +61,7 @@ def align_key(model: ModelConfig, data: DataConfig) -> str:
     a = model.align
     ident = {
         "version": ALIGN_FORMAT_VERSION,
-        "base": [model.name_or_path, model.gguf_file, model.revision, model.dtype],
+        "base": [model.name_or_path, model.gguf_file, model.revision, model.dtype, _precision(model)],
         "refusal": _spec_identity(a.refusal),
         "benign": _spec_identity(a.benign),
         "optim": dataclasses.asdict(a.optim),
@@ -70,6 +71,12 @@ def align_key(model: ModelConfig, data: DataConfig) -> str:
         "system_prompt": data.system_prompt,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _precision(model: ModelConfig) -> str:
+    from sweeps.models import resolve_precision
+
+    return resolve_precision(model).name  # resolved: an `auto` build on a GPU differs from one on a CPU
 
 
 def aligned_model_config(model: ModelConfig, root: Path) -> ModelConfig:
@@ -102,7 +109,7 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
     from sweeps.formatting import PromptFormatter
     from sweeps.loop import train
     from sweeps.methods import MethodStack
-    from sweeps.models import load_base_model
+    from sweeps.models import load_base_model, resolve_precision
 
     a = model_cfg.align
     try:
@@ -116,9 +123,17 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
              len(refusal), len(benign), root)  # fmt: skip
     model, tok = load_base_model(base_cfg, model_cfg.name_or_path)
     fmt = PromptFormatter(tok, data.template, data.system_prompt)
-    encoded = [fmt.encode_pair(e.prompt, e.response or "", a.max_length) for e in refusal + benign]
+    encoded, truncation = [], {}
+    for role, examples in (("refusal", refusal), ("benign", benign)):
+        pairs = [(e.prompt, e.response or "") for e in examples]
+        kept, stats = fmt.encode_pairs(pairs, a.max_length, f"model.align.{role}")
+        encoded += kept
+        truncation.update(stats.metrics(f"align.{role}"))
+    if not encoded:
+        raise ConfigError(f"model.align.max_length: {a.max_length} leaves no response token in any alignment example")
     start = time.perf_counter()
-    result = train(model, encoded, a.optim, MethodStack([]), pad_id=tok.pad_token_id, seed=a.seed, progress=progress)
+    result = train(model, encoded, a.optim, MethodStack([]), pad_id=tok.pad_token_id, seed=a.seed, progress=progress,
+                   precision=resolve_precision(base_cfg))  # fmt: skip
     if result.status != "completed":
         raise ConfigError(f"model.align.optim: alignment {result.status} at step {result.diverged_at} "
                           "(lower model.align.optim.lr)")  # fmt: skip
@@ -131,7 +146,7 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
             "n_refusal": len(refusal), "n_benign": len(benign), "steps": result.steps,
             "effective_batch_size": result.effective_batch_size, "final_loss": result.final_loss,
             "train_time_s": result.train_time_s, "wall_time_s": time.perf_counter() - start,
-            "align": dataclasses.asdict(a),
+            "align": dataclasses.asdict(a), "truncation": truncation,
         }  # fmt: skip
         (tmp / "align.json").write_text(json.dumps(info, indent=2, default=str))
         os.rename(tmp, root)  # atomic: a reader sees no folder or a complete one
@@ -140,6 +155,12 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
         raise
     log.info("aligned in %.0fs: %d steps, final loss %.4f → %s", info["wall_time_s"], result.steps,
              result.final_loss or float("nan"), root)  # fmt: skip
+
+
+def align_truncation(model: ModelConfig) -> dict[str, int]:
+    """`truncated/align.*` and `dropped/align.*` of the alignment stage behind `model` (empty when there is none)."""
+    info = Path(model.name_or_path) / "align.json"
+    return json.loads(info.read_text()).get("truncation", {}) if info.is_file() else {}
 
 
 def save_plain(model: Any, folder: Path) -> None:

@@ -67,7 +67,10 @@ class ModelConfig:
     gguf_file: str | None = None  # file name inside name_or_path (transformers dequantises it)
     revision: str | None = None
     trust_remote_code: bool = False  # off unless the user asks
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: str = "auto"  # weights as loaded: auto (what `precision` keeps them in) | float32 | bfloat16
+    # auto (bf16-autocast on a CUDA GPU with bf16, else fp32) | fp32 | bf16-autocast | bf16-pure | fp16-autocast;
+    # *-autocast keep fp32 master weights and compute the forward in 16 bits (fp16 with a gradient scaler)
+    precision: str = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     attn_implementation: str | None = None  # None = transformers' default; "eager" for Hessian-vector products
     gradient_checkpointing: bool = False

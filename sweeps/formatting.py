@@ -1,11 +1,22 @@
-"""Turn (prompt, response) text into token ids: chat template when the tokenizer has one, else a plain template."""
+"""Turn (prompt, response) text into token ids: chat template when the tokenizer has one, else a plain template.
+
+Over-long pairs (prompt + response > max_length): the response is what the loss scores, so it is kept. The prompt is
+cut from the left, keeping its leading special tokens (BOS, the template's opening marker) and its tail (the end of
+the instruction and the generation prompt right before the response). The prompt keeps at least
+min(its length, max_length // 4) tokens; a response longer than what is left keeps its head. A pair with no
+response token left (empty response without EOS, max_length < 2) is dropped. `encode_pairs` counts both per data
+role and warns once per role.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+log = logging.getLogger(__name__)
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 IGNORE_INDEX = -100
 
@@ -14,6 +25,24 @@ IGNORE_INDEX = -100
 class Encoded:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX on prompt tokens: the loss covers response tokens only
+    prompt_cut: int = 0  # prompt tokens removed (from the left, after the leading special tokens) to fit max_length
+    response_cut: int = 0  # response tokens removed from its tail: the response alone did not fit
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.prompt_cut or self.response_cut)
+
+
+@dataclass
+class Truncation:
+    """What `encode_pairs` did to one data role's examples."""
+
+    total: int = 0
+    truncated: int = 0  # kept, with the prompt and/or the response cut to fit max_length
+    dropped: int = 0  # nothing left to score
+
+    def metrics(self, role: str) -> dict[str, int]:
+        return {f"truncated/{role}": self.truncated, f"dropped/{role}": self.dropped}
 
 
 class PromptFormatter:
@@ -24,6 +53,8 @@ class PromptFormatter:
         self.use_chat = template is None and bool(getattr(tokenizer, "chat_template", None))
         self.template = template or PLAIN_TEMPLATE
         self.system_prompt = system_prompt
+        self._special = set(tokenizer.all_special_ids)
+        self._warned: set[str] = set()  # roles already warned about (a probe re-encoding a subset stays quiet)
 
     def prompt_text(self, prompt: str) -> str:
         if not self.use_chat:
@@ -36,11 +67,60 @@ class PromptFormatter:
         # Chat templates already carry their BOS; the plain template gets the tokenizer's own specials.
         return self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.use_chat)["input_ids"]
 
-    def encode_pair(self, prompt: str, response: str, max_length: int) -> Encoded:
+    def encode_pair(self, prompt: str, response: str, max_length: int) -> Encoded | None:
+        """Prompt + response ids with the loss on the response; None when no response token fits (see module doc)."""
         prompt_ids = self.encode_prompt(prompt)
         response_ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
         if self.tokenizer.eos_token_id is not None:
             response_ids = [*response_ids, self.tokenizer.eos_token_id]
-        ids = (prompt_ids + response_ids)[:max_length]
-        labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
-        return Encoded(ids, labels)
+        if len(prompt_ids) + len(response_ids) > max_length:
+            prompt_room = max(1, min(len(prompt_ids), max_length // 4))
+            response_room = max_length - max(prompt_room, max_length - len(response_ids))
+            kept_response = response_ids[:response_room]
+            kept_prompt = _cut_left(prompt_ids, max_length - len(kept_response), self._lead(prompt_ids))
+            prompt_cut, response_cut = len(prompt_ids) - len(kept_prompt), len(response_ids) - len(kept_response)
+            prompt_ids, response_ids = kept_prompt, kept_response
+        else:
+            prompt_cut = response_cut = 0
+        if len(response_ids) - (not prompt_ids) <= 0:  # position 0 is never a target: nothing would be scored
+            return None
+        return Encoded(prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids,
+                       prompt_cut, response_cut)  # fmt: skip
+
+    def encode_pairs(
+        self, pairs: Iterable[tuple[str, str]], max_length: int, role: str
+    ) -> tuple[list[Encoded], Truncation]:
+        """Encode a data role's pairs, dropping those with nothing to score; warns once per role if any was cut."""
+        out, stats = [], Truncation()
+        for prompt, response in pairs:
+            enc = self.encode_pair(prompt, response, max_length)
+            stats.total += 1
+            if enc is None:
+                stats.dropped += 1
+                continue
+            stats.truncated += enc.truncated
+            out.append(enc)
+        if (stats.truncated or stats.dropped) and role not in self._warned:
+            self._warned.add(role)
+            log.warning("%s: %d of %d examples exceed max_length=%d: %d truncated (prompt cut from the left, "
+                        "response kept where it fits), %d dropped (no response token left)", role,
+                        stats.truncated + stats.dropped, stats.total, max_length, stats.truncated,
+                        stats.dropped)  # fmt: skip
+        return out, stats
+
+    def _lead(self, ids: list[int]) -> int:
+        """How many leading ids are special tokens (BOS, a chat template's opening role marker)."""
+        n = 0
+        while n < len(ids) and ids[n] in self._special:
+            n += 1
+        return n
+
+
+def _cut_left(ids: list[int], keep: int, lead: int) -> list[int]:
+    """`keep` ids of `ids`: its first `lead` (kept only while at least one tail id fits after them) and its tail."""
+    if len(ids) <= keep:
+        return ids
+    if keep <= 0:
+        return []
+    head = ids[: min(lead, keep - 1)]
+    return head + ids[len(ids) - (keep - len(head)) :]

@@ -10,11 +10,13 @@ Order per optimiser step (never changes): set lr → for each micro-batch: prepa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,6 +26,9 @@ from transformers import get_scheduler
 from sweeps.config import OptimConfig
 from sweeps.formatting import IGNORE_INDEX, Encoded
 from sweeps.methods import MethodStack
+
+if TYPE_CHECKING:
+    from sweeps.models import Precision
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +96,12 @@ def train(
     seed: int = 0,
     progress: bool = True,
     on_step: Callable[[int, float], bool | None] | None = None,
+    precision: Precision | None = None,
 ) -> TrainResult:
-    """Fine-tune `model` in place. `on_step(step, loss)` may return True to stop early (pruning)."""
+    """Fine-tune `model` in place. `on_step(step, loss)` may return True to stop early (pruning).
+
+    `precision` (sweeps.models.resolve_precision): forward and loss under its autocast, fp16 through a GradScaler;
+    None runs the model in its own dtype."""
     if not data:
         raise ValueError("no training examples")
     device = next(model.parameters()).device
@@ -104,6 +113,7 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     batches = _batches(data, optim.batch_size, generator)
     methods.setup(model, optimizer)
+    scaler = precision.grad_scaler() if precision is not None else None
 
     result = TrainResult("completed", 0, optim.batch_size * optim.grad_accum, 0, 0.0, None)
     model.train()
@@ -113,12 +123,14 @@ def train(
         step_loss = torch.zeros((), device=device)
         for _ in range(optim.grad_accum):
             batch = methods.prepare_batch(collate(next(batches), pad_id, device))
-            outputs = model(**batch)
-            loss = outputs.loss
-            penalty = methods.extra_loss(model, batch, outputs)
-            if penalty is not None:
-                loss = loss + penalty
-            (loss / optim.grad_accum).backward()
+            with precision.autocast() if precision is not None else contextlib.nullcontext():
+                outputs = model(**batch)
+                loss = outputs.loss
+                penalty = methods.extra_loss(model, batch, outputs)
+                if penalty is not None:
+                    loss = loss + penalty
+            scaled = loss / optim.grad_accum
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
             step_loss += loss.detach() / optim.grad_accum
             result.train_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
         loss_value = float(step_loss)  # one host sync per optimiser step
@@ -127,10 +139,16 @@ def train(
             log.warning("loss is %s at step %d: run diverged", loss_value, step)
             optimizer.zero_grad(set_to_none=True)
             break
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # methods and clipping see the true gradients
         methods.after_backward(model)
         if optim.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)  # skipped when fp16 gradients overflowed; the scale then shrinks
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         methods.after_step(step)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from sweeps.config import ConfigError, ModelConfig
+from sweeps.config import ConfigError, ModelConfig, precision_errors
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -24,6 +25,64 @@ def resolve_device(name: str) -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+PURE_BF16_WARNING = ("model.precision=bf16-pure: weights and Adam updates in bf16; steps below bf16's spacing "
+                     "(~1.2e-4 near |w|=0.02) round to nothing, so low learning rates barely train")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model trains: the dtype its (master) weights are kept in, and the dtype autocast computes in.
+
+    Why not pure bf16 by default: near |w| = 0.02 bf16's spacing is 1.2e-4, so Adam steps of ~1e-5 (the low end of
+    every sweep here) round to nothing. Autocast keeps fp32 weights, gradients and optimiser state and runs the matmuls
+    in 16 bits; fp16's narrow range needs a gradient scaler (torch.amp.GradScaler), bf16's does not.
+    """
+
+    name: str  # resolved: fp32 | bf16-autocast | bf16-pure | fp16-autocast
+    device_type: str  # cuda | cpu | mps: where autocast applies
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.name == "bf16-pure" else torch.float32
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16-autocast": torch.bfloat16, "fp16-autocast": torch.float16}.get(self.name)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        return torch.amp.GradScaler(self.device_type) if self.name == "fp16-autocast" else None
+
+    @property
+    def warning(self) -> str | None:
+        return PURE_BF16_WARNING if self.name == "bf16-pure" else None
+
+    def metrics(self) -> dict[str, str]:
+        return {"precision": self.name, **({"precision_warning": self.warning} if self.warning else {})}
+
+
+def resolve_precision(cfg: ModelConfig, device: torch.device | None = None) -> Precision:
+    """`model.precision` (with `model.dtype`) on the model's device; `auto` is bf16-autocast on a CUDA GPU that has
+    bf16, else fp32. Invalid combinations are a one-line ConfigError (the same lines `validate` reports)."""
+    errors = precision_errors(cfg)
+    if errors:
+        raise ConfigError(errors[0])
+    device = device or resolve_device(cfg.device)
+    name = cfg.precision
+    if name == "auto":
+        name = "bf16-autocast" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return Precision(name, device.type)
+
+
+def fp32_copy(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Detached fp32 copies (EMA averages, Fisher, anchors, reference weights): exact whatever the model's dtype."""
+    return [t.detach().to(torch.float32, copy=True) for t in tensors]
 
 
 PACKAGE_PREFIX = "pkg:"
@@ -79,7 +138,8 @@ def load_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTrained
 
 def load_base_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tok = load_tokenizer(cfg, path)
-    kwargs = {"dtype": DTYPES[cfg.dtype], "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    dtype = resolve_precision(cfg).weight_dtype  # fp32 master weights unless bf16-pure was asked for
+    kwargs = {"dtype": dtype, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file:
         kwargs["gguf_file"] = cfg.gguf_file
     if cfg.attn_implementation:
@@ -111,7 +171,7 @@ class ModelPool:
         self.loads = 0
 
     def acquire(self, cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        key = (path, cfg.dtype, cfg.device, cfg.gguf_file, cfg.revision, cfg.attn_implementation,
+        key = (path, cfg.dtype, cfg.precision, cfg.device, cfg.gguf_file, cfg.revision, cfg.attn_implementation,
                cfg.trust_remote_code, cfg.gradient_checkpointing)  # fmt: skip
         if key != self._key or self._entry is None:
             self._entry = None  # drop the old model before loading another

@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from sweeps.alignment import align_truncation
 from sweeps.config import ConfigError, TrainConfig
 from sweeps.data import DataError
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import train
 from sweeps.methods import build_methods
-from sweeps.models import POOL, load_model
+from sweeps.models import POOL, load_model, resolve_precision
 from sweeps.resolve import load_data, resolve_model
 from sweeps.rundir import atomic_write_json, atomic_write_jsonl, versions
 from sweeps.scoring.scorer import EvalSets, Scorer
@@ -48,19 +49,27 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
         raise ConfigError(str(e)) from None
     model, tok = POOL.acquire(mcfg, mcfg.name_or_path) if mcfg.reuse else load_model(mcfg, mcfg.name_or_path)
     try:
-        return _run(cfg, run_dir, start, model, tok, train_set, sets, progress)
+        return _run(cfg, run_dir, start, model, tok, train_set, sets, progress, align_truncation(mcfg))
     finally:
         if cfg.model.reuse:
             POOL.release(model)
 
 
-def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, sets, progress) -> dict[str, Any]:
+def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, sets, progress,
+         align_counts: dict[str, int]) -> dict[str, Any]:  # fmt: skip
     fmt = PromptFormatter(tok, cfg.data.template, cfg.data.system_prompt)
-    encoded = [fmt.encode_pair(e.prompt, e.response, cfg.data.max_length) for e in train_set]
+    encoded, truncation = fmt.encode_pairs([(e.prompt, e.response) for e in train_set], cfg.data.max_length,
+                                           "data.train")  # fmt: skip
+    if not encoded:
+        raise ConfigError(f"data.max_length: {cfg.data.max_length} leaves no response token in any training example")
     scorer = Scorer(tok, fmt, sets, cfg.eval, max_length=cfg.data.max_length)
     methods = build_methods(cfg.method)
 
-    metrics: dict[str, Any] = {}
+    precision = resolve_precision(cfg.model, next(model.parameters()).device)
+    if precision.warning:
+        log.warning(precision.warning)
+    metrics: dict[str, Any] = {**truncation.metrics("train"), **scorer.truncation_metrics(), **align_counts,
+                               **precision.metrics()}  # fmt: skip
     generations: list[dict[str, Any]] = []
     if cfg.eval.baseline:
         base = scorer.score(model, progress=progress)
@@ -73,7 +82,7 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         probe = Scorer(tok, fmt, _probe_sets(sets, cfg.trial.check_limit), cfg.eval, max_length=cfg.data.max_length)
         checks = TrialChecks(cfg, probe, methods, model)
     result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress,
-                   on_step=checks)  # fmt: skip
+                   on_step=checks, precision=precision)  # fmt: skip
     if checks is not None and checks.stop_reason:
         result.status = "pruned"
         metrics.update(prune_reason=checks.stop_reason, pruned_at=result.steps)

@@ -64,7 +64,7 @@ def test_world_cache_is_reused_and_keyed_by_config(toy_root) -> None:
 
 
 def test_bfloat16_trial_steps_run(toy_root, toy_world) -> None:
-    model, tok = load_model(ModelConfig(device="cpu", dtype="bfloat16"), str(toy_root / "aligned"))
+    model, tok = load_model(ModelConfig(device="cpu", precision="bf16-pure"), str(toy_root / "aligned"))
     assert next(model.parameters()).dtype == torch.bfloat16
     fmt = PromptFormatter(tok)
     data = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("user_train", toy_world)[:16]]

@@ -13,7 +13,8 @@ Modes:
              no weight decay) this equals SGD with learning rate lr·η, step for step.
 
 Scope: the parameters with requires_grad at setup — all weights for full fine-tuning, the adapters for LoRA;
-`include` (a regex on parameter names) narrows it. Memory: one copy of the scoped parameters. Updates use fused
+`include` (a regex on parameter names) narrows it. Memory: one fp32 copy of the scoped parameters (fp32 whatever the
+model's dtype: a bf16 average would drop η-sized steps the way bf16 weights drop small Adam steps). Updates use fused
 foreach kernels (one `_foreach_lerp_` per update).
 """
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from sweeps.methods._base import TrainingMethod
+from sweeps.models import fp32_copy
 
 MODES = ("shadow", "writeback")
 
@@ -65,7 +67,7 @@ class EMA(TrainingMethod):
             raise ValueError("EMA: no trainable parameters in scope")
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
-        self.shadow = [p.detach().clone() for p in self.params]
+        self.shadow = fp32_copy(self.params)
         self.updates = 0
 
     @torch.no_grad()
@@ -73,7 +75,7 @@ class EMA(TrainingMethod):
         if step % self.every:
             return
         # shadow ← shadow + η·(θ − shadow)  ==  (1 − η)·shadow + η·θ
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], self.eta)
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], self.eta)
         if self.mode == "writeback":
             torch._foreach_copy_([p.data for p in self.params], self.shadow)
         self.updates += 1
@@ -83,7 +85,15 @@ class EMA(TrainingMethod):
         if self.mode == "writeback" or not self.params:
             yield
             return
-        self._swap()  # swaps storage references, so no copy and no extra memory
+        if any(s.dtype != p.dtype for s, p in zip(self.shadow, self.params, strict=True)):
+            live = [p.detach().clone() for p in self.params]  # 16-bit weights: copy the average in, restore after
+            torch._foreach_copy_([p.data for p in self.params], self.shadow)
+            try:
+                yield
+            finally:
+                torch._foreach_copy_([p.data for p in self.params], live)
+            return
+        self._swap()  # fp32 weights: swaps storage references, so no copy and no extra memory
         try:
             yield
         finally:

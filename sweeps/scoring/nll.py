@@ -14,7 +14,10 @@ from sweeps.loop import collate
 
 @torch.no_grad()
 def per_example_nll(model: nn.Module, data: Sequence[Encoded], *, pad_id: int, batch_size: int) -> list[float]:
-    """Token-averaged NLL of each example's response (labels != IGNORE_INDEX)."""
+    """Token-averaged NLL of each example's response (labels != IGNORE_INDEX).
+
+    An example with no scored token gets NaN, never 0 (0 would read as a perfectly predicted response, e.g. a
+    perfectly "safe" refusal); `PromptFormatter.encode_pairs` drops such examples before they get here."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -28,9 +31,10 @@ def per_example_nll(model: nn.Module, data: Sequence[Encoded], *, pad_id: int, b
         losses = F.cross_entropy(
             logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
         )
-        counts = (targets != IGNORE_INDEX).sum(1).clamp(min=1)
+        counts = (targets != IGNORE_INDEX).sum(1)
+        means = torch.where(counts > 0, losses.sum(1) / counts.clamp(min=1), float("nan")).tolist()
         for row, i in enumerate(idx):
-            out[i] = float(losses[row].sum() / counts[row])
+            out[i] = means[row]
     if was_training:
         model.train()
     return out

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sweeps.config import EvalConfig
 from sweeps.data import Example
-from sweeps.formatting import PromptFormatter
+from sweeps.formatting import Encoded, PromptFormatter, Truncation
 from sweeps.scoring.accuracy import CHECKERS
 from sweeps.scoring.generate import DRAFT_ROUNDS, generate
 from sweeps.scoring.judges import JUDGES, Judge
@@ -62,17 +62,26 @@ class Scorer:
         self._harmful = [(e.prompt, fmt_ids) for e, fmt_ids in zip(harmful, self._prompts(harmful), strict=True)]
         over = sets.overrefusal or []
         self._over = list(zip([e.prompt for e in over], self._prompts(over), strict=True))
-        self._refusal = self._pairs(sets.refusal, max_length)
-        self._compliance = self._pairs(sets.compliance, max_length)
-        self._utility = self._pairs(sets.utility, max_length)
+        self.truncation: dict[str, Truncation] = {}  # per NLL set: examples cut to fit max_length, or dropped
+        self._refusal = self._pairs(sets.refusal, max_length, "refusal")
+        self._compliance = self._pairs(sets.compliance, max_length, "compliance")
+        self._utility = self._pairs(sets.utility, max_length, "utility")
         checkable = [e for e in sets.utility or [] if e.answer is not None][: cfg.accuracy_limit]
         self._checkable = [(e, ids) for e, ids in zip(checkable, self._prompts(checkable), strict=True)]
 
     def _prompts(self, examples: list[Example]) -> list[list[int]]:
         return [self.fmt.encode_prompt(e.prompt) for e in examples]
 
-    def _pairs(self, examples: list[Example] | None, max_length: int):
-        return [self.fmt.encode_pair(e.prompt, e.response, max_length) for e in examples or [] if e.response]
+    def _pairs(self, examples: list[Example] | None, max_length: int, role: str) -> list[Encoded]:
+        if examples is None:
+            return []
+        pairs = [(e.prompt, e.response) for e in examples if e.response]
+        encoded, self.truncation[role] = self.fmt.encode_pairs(pairs, max_length, f"data.{role}")
+        return encoded
+
+    def truncation_metrics(self) -> dict[str, int]:
+        """`truncated/<set>` and `dropped/<set>` for every configured NLL set (for metrics.json)."""
+        return {k: v for role, t in self.truncation.items() for k, v in t.metrics(role).items()}
 
     def available(self) -> list[str]:
         have = {
