@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from sweeps.config import ConfigError, ModelConfig, precision_errors
+from sweeps.config import ConfigError, ModelConfig
+from sweeps.precision import precision_errors
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeps.config import ConfigError, DatasetConfig, ModelConfig, OptimConfig, TrainConfig
+from sweeps.config import ConfigError, DatasetConfig, OptimConfig, TrainConfig
+from sweeps.precision import precision_errors
 from sweeps.scoring.judges import JUDGES
 from sweeps.scoring.keywords import KEYWORD_LISTS
 
@@ -52,7 +53,6 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
-_DTYPES = {"float32", "bfloat16", "float16"}
 _OPTIMS = {"adamw", "sgd"}
 _SCHEDULERS = {"constant", "linear", "cosine"}
 _SOURCES = {"toy", "file", "hub"}
@@ -167,26 +167,6 @@ def validate(cfg: TrainConfig) -> None:
     errors.extend(known_method_errors(cfg.method))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
-
-
-PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16-pure", "fp16-autocast")
-
-
-def precision_errors(m: ModelConfig) -> list[str]:
-    """model.dtype / model.precision: 16-bit weights only where the policy asks for them (see sweeps.models)."""
-    if m.precision not in PRECISIONS:
-        return [f"model.precision: '{m.precision}' is not one of {list(PRECISIONS)}"]
-    if m.dtype not in {"auto", *_DTYPES}:
-        return [f"model.dtype: '{m.dtype}' is not one of {['auto', *sorted(_DTYPES)]}"]
-    if m.dtype == "float16":
-        return ["model.dtype: float16 weights train without a gradient scaler (small gradients underflow to 0); "
-                "use model.dtype=auto model.precision=fp16-autocast"]
-    if m.dtype == "bfloat16" and m.precision != "bf16-pure":
-        return ["model.dtype: bfloat16 weights train in pure bf16 (Adam steps below bf16's spacing, ~1e-4 near "
-                "|w|=0.02, round to nothing); ask for it with model.precision=bf16-pure, or keep model.dtype=auto"]
-    if m.dtype == "float32" and m.precision == "bf16-pure":
-        return ["model.precision: bf16-pure needs model.dtype=bfloat16 or auto, got float32"]
-    return []
 
 
 def _looks_like_path(name: str) -> bool:

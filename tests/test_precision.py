@@ -8,11 +8,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sweeps.config import ConfigError, ModelConfig, OptimConfig, precision_errors
+from sweeps.config import ConfigError, ModelConfig, OptimConfig
 from sweeps.formatting import IGNORE_INDEX, Encoded
 from sweeps.loop import train
 from sweeps.methods import EMA, MethodStack
 from sweeps.models import Precision, resolve_precision
+from sweeps.precision import precision_errors
 
 
 def _tiny_model() -> LlamaForCausalLM:
