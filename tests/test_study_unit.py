@@ -309,6 +309,13 @@ def test_seed_and_worst_values_are_checked() -> None:
     assert "hydra.sweeper.worst.asr: must be a finite number" in text and "worst.utility_acc" not in text
 
 
+def test_metric_catalogue_knows_every_scorer_metric() -> None:
+    from sweeps.scoring.scorer import METRICS
+    from sweeps.study.metrics import ROLE
+
+    assert tuple(ROLE) == METRICS
+
+
 def test_intermediate_checks_need_eval_data_and_a_fed_pruner() -> None:
     from omegaconf import OmegaConf
 

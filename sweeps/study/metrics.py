@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sweeps.scoring.scorer import METRICS
-
-# scorer metric -> the data.* set it needs (see Scorer.available)
+# scorer metric -> the data.* set it needs (see Scorer.available). sweeps.scoring.scorer.METRICS, in its order, is
+# not imported: it pulls in transformers, and a bad sweep should fail fast (a test keeps the two equal)
 ROLE = {"asr": "harmful", "safety_loss": "refusal", "compliance_loss": "compliance", "over_refusal": "overrefusal",
         "utility_loss": "utility", "utility_acc": "utility"}  # fmt: skip
 # numeric on every trial that reaches training (strings, None-when-completed and pruning-only keys left out)
@@ -31,7 +30,7 @@ def _get(cfg: Any, dotted: str) -> Any:
 def scorer_metrics(cfg: Any) -> list[str]:
     """The scorer's metrics whose data set is configured (utility_acc also needs an answer checker)."""
     out = []
-    for metric in METRICS:
+    for metric in ROLE:
         if _get(cfg, f"data.{ROLE[metric]}") is None:
             continue
         if metric == "asr" and _get(cfg, "eval.asr.limit") == 0:

@@ -24,6 +24,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import Trial, TrialState
 
 from sweeps.study.lease import DEAD, EXPIRED, describe, new_lease, process_start, verdict
+from sweeps.study.metrics import available_metrics, check_problems
 from sweeps.study.space import (
     SearchSpaceError,
     fingerprint,
@@ -360,19 +361,16 @@ class Sweep:
         self.worker = uuid.uuid4().hex[:8]
 
     def check_trial_configs(self, compose: Compose) -> list[str]:
-        """Compose the trial config for probe points of the space (every choice, both ends of every range) and for
-        each baseline; then check that every objective and constraint names a metric all of them produce."""
-        from sweeps.study.metrics import available_metrics, check_problems  # imports torch: once a sweep starts
-
+        """Compose the trial config for probe points of the space (every choice, both ends of every range); then check
+        that every objective and constraint names a metric all of them produce."""
         errors: list[str] = []
         available: set[str] | None = None
-        points = [("search space", p) for p in probe_points(self.space)]
-        points += [(f"hydra.sweeper.enqueue[{i}]", {**points[0][1], **e}) for i, e in enumerate(self.s.enqueue)]
-        for where, point in points:
+        # baselines need no composing of their own: check_enqueue kept their values inside the probed ranges
+        for point in probe_points(self.space):
             try:
                 cfg = compose(self._overrides(point))
             except ComposeError as e:
-                errors += [f"{where}: {line}" for line in str(e).splitlines()]
+                errors += [f"search space: {line}" for line in str(e).splitlines()]
                 continue
             errors += check_problems(cfg, self.s.pruner)
             have = available_metrics(cfg)
