@@ -126,13 +126,23 @@ def test_truncation_counts_reach_metrics_json(tmp_path, toy_root, caplog) -> Non
     from sweeps.train import to_train_config
     from sweeps.trial import run_trial
 
+    refusals = tmp_path / "refusals.jsonl"  # an alignment stage on the toy θ_aligned, with over-long prompts
+    refusals.write_text("".join(json.dumps({"prompt": FILLER + str(i), "response": "i cannot help"}) + "\n"
+                                for i in range(4)))  # fmt: skip
+    align = ["model.align.enabled=true", "+dataset@model.align.refusal=advbench",
+             f"model.align.refusal.path={refusals}", "model.align.refusal.columns={prompt:prompt,response:response}",
+             "model.align.optim.max_steps=1",
+             "model.align.optim.batch_size=2", "model.align.max_length=16"]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = to_train_config(compose(config_name="train", overrides=[*TINY, "data.max_length=16"]))
+        cfg = to_train_config(compose(config_name="train", overrides=[*TINY, *align, "data.max_length=16"]))
     with caplog.at_level(logging.WARNING, logger="sweeps.formatting"):
-        run_trial(cfg, tmp_path, progress=False)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+        run_trial(cfg, tmp_path / "run", progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and math.isfinite(metrics["safety_loss"])
     assert metrics["precision"] == "fp32" and "precision_warning" not in metrics  # the default policy on a CPU
     for role in ("train", "refusal", "compliance", "utility"):
         assert metrics[f"truncated/{role}"] > 0 and metrics[f"dropped/{role}"] == 0, role
         assert sum(r.getMessage().startswith(f"data.{role}:") for r in caplog.records) == 1, role
+    # the alignment stage's counts, from its cached align.json (built by this test, or by an earlier run of it)
+    assert (metrics["truncated/align.refusal"], metrics["dropped/align.refusal"]) == (4, 0)
+    assert (metrics["truncated/align.benign"], metrics["dropped/align.benign"]) == (0, 0)
