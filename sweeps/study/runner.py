@@ -34,7 +34,14 @@ from sweeps.study.space import (
     probe_points,
     value_problem,
 )
-from sweeps.study.storage import ask_lock, dashboard_command, is_journal, open_storage, resolve_storage_url
+from sweeps.study.storage import (
+    StorageError,
+    ask_lock,
+    dashboard_command,
+    is_journal,
+    open_storage,
+    resolve_storage_url,
+)
 
 log = logging.getLogger(__name__)
 DIRECTIONS = ("minimize", "maximize")
@@ -352,8 +359,12 @@ class Sweep:
         if self.url.startswith("sqlite") and settings.n_jobs > 1:
             raise SweepError("hydra.sweeper.storage: sqlite with several workers crashed workers here; use the "
                              "default journal file (storage: null) or PostgreSQL")  # fmt: skip
+        try:
+            storage = open_storage(self.url)
+        except StorageError as e:
+            raise SweepError(str(e)) from None
         self.study = optuna.create_study(
-            study_name=settings.study_name, storage=open_storage(self.url),
+            study_name=settings.study_name, storage=storage,
             sampler=self._sampler(0), pruner=make_pruner(settings.pruner, settings.pruner_kwargs),
             directions=list(self.objectives.values()), load_if_exists=True,
         )  # fmt: skip
