@@ -57,11 +57,19 @@ def _evaluation(scored: list[str]) -> list[str]:
     return [*scored, "eval_time_s", *(["asr_n"] if "asr" in scored else [])]
 
 
+def truncation_metrics(cfg: Any) -> list[str]:
+    """`truncated/<role>` and `dropped/<role>`: the training set, every NLL set, the alignment stage's two sets."""
+    roles = ["train", *(r for r in ("refusal", "compliance", "utility") if _get(cfg, f"data.{r}") is not None)]
+    if _get(cfg, "model.align.enabled"):
+        roles += ["align.refusal", "align.benign"]
+    return [f"{kind}/{role}" for role in roles for kind in ("truncated", "dropped")]
+
+
 def available_metrics(cfg: Any) -> set[str]:
     """Every numeric metrics.json key a completed trial of `cfg` (TrainConfig or composed DictConfig) writes."""
     evaluation = _evaluation(scorer_metrics(cfg))
     method_metrics, swaps = _methods(_get(cfg, "method"))
-    out = {*TRAIN_METRICS, *evaluation, *method_metrics}
+    out = {*TRAIN_METRICS, *evaluation, *method_metrics, *truncation_metrics(cfg)}
     if _get(cfg, "eval.baseline"):
         out |= {f"start/{m}" for m in evaluation}
     if _get(cfg, "eval.also_live") and swaps:
