@@ -28,6 +28,9 @@ def main(dcfg: DictConfig) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: no aligned model written (a partial build is removed)", file=sys.stderr)
+        sys.exit(130)
     print(f"aligned model: {aligned.name_or_path}")
 
 

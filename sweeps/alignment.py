@@ -96,8 +96,12 @@ def ensure_aligned(model: ModelConfig, data: DataConfig, cache_dir: str | os.Pat
     root = Path(cache_dir) / f"aligned-{key}"
     if (root / "align.json").exists():
         return aligned_model_config(model, root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".aligned-{key}.lock", "w") as lock:
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(root.parent / f".aligned-{key}.lock", "w")  # noqa: SIM115 (closed by the with below)
+    except OSError as e:
+        raise ConfigError(f"cache_dir: cannot write the aligned model to {root.parent} ({e.strerror or e})") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be building it: wait, then reuse its result
         if not (root / "align.json").exists():
             _build(model, data, root, progress)

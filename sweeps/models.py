@@ -145,10 +145,16 @@ def load_base_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTr
         kwargs["gguf_file"] = cfg.gguf_file
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    check_weight_files(path, cfg.gguf_file)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(f"model.name_or_path: cannot load a causal LM from '{path}': {_first_line(e)}") from None
+    except RuntimeError:  # transformers reports a tensor of the wrong shape only as "look at the above report"
+        mismatch = _shape_mismatch(path, cfg)
+        if mismatch is None:
+            raise
+        raise ConfigError(f"model.name_or_path: {mismatch}") from None
     model.to(resolve_device(cfg.device))
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
@@ -208,6 +214,43 @@ def apply_lora(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
         return get_peft_model(model, lora)
     except ValueError as e:
         raise ConfigError(f"model.lora.target_modules: {_first_line(e)}") from None
+
+
+def check_weight_files(path: str, gguf_file: str | None = None) -> None:
+    """Every .safetensors file of a local model folder has a readable header covering the whole file (reads headers
+    only); a truncated or garbage file is a one-line ConfigError naming it instead of a loader traceback."""
+    folder = Path(path)
+    if gguf_file or not folder.is_dir():
+        return
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as e:
+            reason = _first_line(e)
+            raise ConfigError(f"model.name_or_path: {file}: not a readable safetensors file ({reason})") from None
+
+
+def _shape_mismatch(path: str, cfg: ModelConfig) -> str | None:
+    """The first tensor whose shape in the folder's safetensors differs from what the folder's config.json builds."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):  # shapes only, no memory
+        expected = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as st:
+            for key in st.keys():  # noqa: SIM118 (safe_open is not a dict)
+                shape = tuple(st.get_slice(key).get_shape())
+                if key in expected and expected[key] != shape:
+                    return f"{file}: tensor '{key}' has shape {list(shape)}, config.json needs {list(expected[key])}"
+    return None
 
 
 def _first_line(e: BaseException) -> str:

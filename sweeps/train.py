@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,24 +19,47 @@ from sweeps.rundir import atomic_write_text
 from sweeps.validate import to_train_config, validate
 
 log = logging.getLogger("sweeps.train")
+INTERRUPTED = 130  # the shell's exit status for a process stopped by SIGINT
+
+
+class RunDirCheck(Callback):
+    """hydra.callbacks.run_dir (conf/train.yaml): Hydra creates the run dir and writes .hydra/ before the app runs,
+    so an unwritable hydra.run.dir would be a Hydra traceback; checked here first, as one line, exit 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(str(config.hydra.run.dir))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+                pass
+        except OSError as e:
+            print(f"error: hydra.run.dir: cannot write to {folder} ({e.strerror or e})", file=sys.stderr)
+            sys.exit(2)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(dcfg: DictConfig) -> dict:
-    from sweeps.trial import run_trial  # heavy imports after config errors had their chance to fail fast
+    from sweeps.trial import check_run_dir, run_trial  # heavy imports after config errors had their chance to fail
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         cfg = to_train_config(dcfg)
         validate(cfg)
+        check_run_dir(run_dir, cfg)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(dcfg, resolve=True))
         metrics = run_trial(cfg, run_dir)
     except ConfigError as e:
         log.error("%s", e)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             raise  # the sweeper records the trial as failed, with this message as the reason
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if multirun:
+            raise  # the sweeper decides what an interrupted study records
+        print(f"interrupted: no results written (see {run_dir / 'interrupted.json'})", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     print(f"run dir: {run_dir}")
     return metrics
 

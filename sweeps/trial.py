@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import random
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,28 +36,68 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+@dataclasses.dataclass
+class Progress:
+    """How far a trial got: written to interrupted.json when it is stopped (Ctrl-C) before finishing."""
+
+    stage: str = "loading"  # loading | baseline | training | evaluating | writing
+    step: int = 0
+    checks: TrialChecks | None = None
+
+    def on_step(self, step: int, loss: float) -> bool:
+        """The loop's per-step callback: records the step, then runs the trial's checks."""
+        self.step = step
+        return bool(self.checks(step, loss)) if self.checks is not None else False
+
+
+def check_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
+    """The run dir (and weights/ when weights are saved) can be written: found out now, not after training."""
+    targets = [("run dir", run_dir)]
+    if cfg.output.save_final or cfg.output.save_eval_weights:
+        targets.append(("output.save_final / output.save_eval_weights", run_dir / "weights"))
+    for key, folder in targets:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot write to {folder} ({e.strerror or e})") from None
+
+
 def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune and score one recipe; writes metrics.json and generations.jsonl into run_dir and returns metrics."""
+    """Fine-tune and score one recipe; writes metrics.json and generations.jsonl into run_dir and returns metrics.
+
+    Stopped by Ctrl-C, it leaves interrupted.json (stage, step, time) and no metrics.json, then re-raises.
+    """
     run_dir = Path(run_dir)
     start = time.perf_counter()
     validate(cfg)
+    check_run_dir(run_dir, cfg)
+    for stale in ("metrics.json", "interrupted.json"):  # a rerun in the same dir must not look finished early
+        (run_dir / stale).unlink(missing_ok=True)
     seed_everything(cfg.seed)
-
-    world, _, mcfg = resolve_model(cfg.model, cfg.data, cfg.world, cfg.cache_dir, progress=progress)
+    where = Progress()
     try:
-        train_set, sets = load_data(cfg.data, world)
-    except DataError as e:
-        raise ConfigError(str(e)) from None
-    model, tok = POOL.acquire(mcfg, mcfg.name_or_path) if mcfg.reuse else load_model(mcfg, mcfg.name_or_path)
-    try:
-        return _run(cfg, run_dir, start, model, tok, train_set, sets, progress, align_truncation(mcfg))
-    finally:
-        if cfg.model.reuse:
-            POOL.release(model)
+        world, _, mcfg = resolve_model(cfg.model, cfg.data, cfg.world, cfg.cache_dir, progress=progress)
+        try:
+            train_set, sets = load_data(cfg.data, world)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+        model, tok = POOL.acquire(mcfg, mcfg.name_or_path) if mcfg.reuse else load_model(mcfg, mcfg.name_or_path)
+        try:
+            return _run(cfg, run_dir, start, model, tok, train_set, sets, progress, where, align_truncation(mcfg))
+        finally:
+            if cfg.model.reuse:
+                POOL.release(model)
+    except KeyboardInterrupt:
+        note = {"status": "interrupted", "stage": where.stage, "step": where.step,
+                "elapsed_s": time.perf_counter() - start, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+        atomic_write_json(run_dir / "interrupted.json", note)
+        raise
 
 
 def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, sets, progress,
-         align_counts: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+         where: Progress, align_counts: dict[str, int]) -> dict[str, Any]:  # fmt: skip
     fmt = PromptFormatter(tok, cfg.data.template, cfg.data.system_prompt)
     encoded, truncation = fmt.encode_pairs([(e.prompt, e.response) for e in train_set], cfg.data.max_length,
                                            "data.train")  # fmt: skip
@@ -64,6 +105,11 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         raise ConfigError(f"data.max_length: {cfg.data.max_length} leaves no response token in any training example")
     scorer = Scorer(tok, fmt, sets, cfg.eval, max_length=cfg.data.max_length)
     methods = build_methods(cfg.method)
+    checks = None
+    if cfg.trial.check_every:
+        probe = Scorer(tok, fmt, _probe_sets(sets, cfg.trial.check_limit), cfg.eval, max_length=cfg.data.max_length)
+        checks = TrialChecks(cfg, probe, methods, model)
+    where.checks = checks
 
     precision = resolve_precision(cfg.model, next(model.parameters()).device)
     if precision.warning:
@@ -72,17 +118,16 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
                                **precision.metrics()}  # fmt: skip
     generations: list[dict[str, Any]] = []
     if cfg.eval.baseline:
+        where.stage = "baseline"
         base = scorer.score(model, progress=progress)
         metrics.update({f"start/{k}": v for k, v in base.metrics.items()})
         generations += [{**g, "weights": "start"} for g in base.generations]
 
     log.info("training on %d examples (%d poisoned)", len(encoded), sum(e.harmful for e in train_set))
-    checks = None
-    if cfg.trial.check_every:
-        probe = Scorer(tok, fmt, _probe_sets(sets, cfg.trial.check_limit), cfg.eval, max_length=cfg.data.max_length)
-        checks = TrialChecks(cfg, probe, methods, model)
+    where.stage = "training"
     result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress,
-                   on_step=checks, precision=precision)  # fmt: skip
+                   on_step=where.on_step, precision=precision)  # fmt: skip
+    where.stage = "evaluating"
     if checks is not None and checks.stop_reason:
         result.status = "pruned"
         metrics.update(prune_reason=checks.stop_reason, pruned_at=result.steps)
@@ -112,6 +157,7 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
             generations += [{**g, "weights": "live"} for g in live.generations]
         if cfg.output.save_final:
             _save_weights(model, run_dir / "weights" / "final.safetensors")
+    where.stage = "writing"
     metrics["wall_time_s"] = time.perf_counter() - start
     metrics["versions"] = versions()
     atomic_write_jsonl(run_dir / "generations.jsonl", generations)
@@ -131,6 +177,10 @@ class TrialChecks:
     def __init__(self, cfg: TrainConfig, probe: Scorer, methods, model) -> None:
         self.cfg, self.probe, self.methods, self.model = cfg.trial, probe, methods, model
         self.metrics = list(dict.fromkeys([self.cfg.check_metric, *self.cfg.stop_if]))
+        missing = [m for m in self.metrics if m not in probe.available()]
+        if missing:  # validate() saw the data set configured; its rows may still lack what the metric needs
+            raise ConfigError(f"trial.check_metric / trial.stop_if: no probe examples for {missing} in the loaded "
+                              "data (utility_acc needs rows with an answer)")  # fmt: skip
         self.stop_reason: str | None = None
         self.last: dict[str, float] = {}
         self.optuna_trial = self._connect()

@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeps.config import ConfigError, DatasetConfig, OptimConfig, TrainConfig
+from sweeps.config import ConfigError, DatasetConfig, OptimConfig, TrainConfig, WorldConfig
 from sweeps.precision import precision_errors
 from sweeps.scoring.judges import JUDGES
 from sweeps.scoring.keywords import KEYWORD_LISTS
@@ -59,6 +59,75 @@ _SOURCES = {"toy", "file", "hub"}
 _CHECKERS = {"exact", "gsm8k", "label", None}
 
 
+# which data set each metric is computed on (sweeps.scoring.scorer.Scorer.available)
+METRIC_DATA = {"asr": "harmful", "safety_loss": "refusal", "compliance_loss": "compliance",
+               "over_refusal": "overrefusal", "utility_loss": "utility", "utility_acc": "utility"}  # fmt: skip
+
+
+def _positive(errors: list[str], key: str, value: int | None, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value <= 0:
+        errors.append(f"{key}: must be > 0{' or null' if optional else ''}, got {value}")
+
+
+def _device_error(name: str) -> str | None:
+    """Why `model.device` cannot be used on this machine (checked here, not when the model is moved to it)."""
+    import torch
+
+    if name == "auto":
+        return None
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        return f"'{name}' is not a device; use auto, cpu, cuda, cuda:N or mps"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"'{name}' but CUDA is not available on this machine (use auto or cpu)"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"'{name}' but this machine has {torch.cuda.device_count()} CUDA device(s)"
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            return f"'{name}' but MPS is not available on this machine (use auto or cpu)"
+    elif dev.type != "cpu":
+        return f"'{name}': only auto, cpu, cuda, cuda:N and mps are supported"
+    return None
+
+
+def _check_world(errors: list[str], w: WorldConfig) -> None:
+    for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "pretrain_steps", "align_steps",
+                 "batch_size", "task_train_size", "task_eval_size", "task_min_len", "task_max_len"):  # fmt: skip
+        _positive(errors, f"world.{name}", getattr(w, name))
+    for name in ("pretrain_lr", "align_lr"):
+        if not getattr(w, name) > 0:
+            errors.append(f"world.{name}: must be > 0, got {getattr(w, name)}")
+    if w.num_heads > 0 and w.hidden_size % w.num_heads:
+        errors.append(f"world.hidden_size: {w.hidden_size} is not divisible by world.num_heads={w.num_heads}")
+    if w.task_min_len > w.task_max_len:
+        errors.append(f"world.task_min_len: {w.task_min_len} > world.task_max_len={w.task_max_len}")
+
+
+def _check_trial(errors: list[str], cfg: TrainConfig, metrics: tuple[str, ...]) -> None:
+    """Intermediate checks score data the config must provide: caught here, not at the first check mid-training."""
+    t = cfg.trial
+    if t.check_every < 0:
+        errors.append(f"trial.check_every: must be >= 0, got {t.check_every}")
+    _positive(errors, "trial.check_limit", t.check_limit)
+    if t.stop_if and not t.check_every:
+        errors.append(f"trial.stop_if: {sorted(t.stop_if)} is never checked without trial.check_every > 0")
+    if not t.check_every:
+        return
+    for key, metric in [("trial.check_metric", t.check_metric), *((f"trial.stop_if.{m}", m) for m in t.stop_if)]:
+        if metric not in metrics:
+            errors.append(f"{key}: '{metric}' is not one of {list(metrics)}")
+            continue
+        role = METRIC_DATA[metric]
+        if getattr(cfg.data, role) is None:
+            errors.append(f"{key}: '{metric}' is computed on data.{role}, which is not configured")
+        elif metric == "utility_acc" and cfg.eval.accuracy is None:
+            errors.append(f"{key}: 'utility_acc' needs eval.accuracy (an answer checker), which is null")
+
+
 def _check_dataset(errors: list[str], key: str, spec: DatasetConfig | None) -> None:
     if spec is None:
         return
@@ -73,8 +142,7 @@ def _check_dataset(errors: list[str], key: str, spec: DatasetConfig | None) -> N
         errors.append(f"{key}.name: required when source={spec.source}")
     if spec.start < 0 or (spec.stop is not None and spec.stop <= spec.start):
         errors.append(f"{key}.start/stop: need 0 <= start < stop, got start={spec.start} stop={spec.stop}")
-    if spec.limit is not None and spec.limit <= 0:
-        errors.append(f"{key}.limit: must be > 0, got {spec.limit}")
+    _positive(errors, f"{key}.limit", spec.limit, optional=True)
     if spec.prompt_format is not None:
         try:
             spec.prompt_format.format(prompt="", input="")
@@ -90,10 +158,8 @@ def _check_optim(errors: list[str], key: str, o: OptimConfig) -> None:
         errors.append(f"{key}.name: '{o.name}' is not one of {sorted(_OPTIMS)}")
     if o.scheduler not in _SCHEDULERS:
         errors.append(f"{key}.scheduler: '{o.scheduler}' is not one of {sorted(_SCHEDULERS)}")
-    if o.batch_size <= 0:
-        errors.append(f"{key}.batch_size: must be > 0, got {o.batch_size}")
-    if o.grad_accum <= 0:
-        errors.append(f"{key}.grad_accum: must be > 0, got {o.grad_accum}")
+    _positive(errors, f"{key}.batch_size", o.batch_size)
+    _positive(errors, f"{key}.grad_accum", o.grad_accum)
     if o.max_steps is not None and o.max_steps < 0:
         errors.append(f"{key}.max_steps: must be >= 0, got {o.max_steps}")
     if o.max_steps is None and not o.epochs > 0:
@@ -119,8 +185,12 @@ def validate(cfg: TrainConfig) -> None:
 
     m = cfg.model
     errors.extend(precision_errors(m))
-    if m.lora.enabled and (m.lora.r <= 0 or m.lora.alpha <= 0):
-        errors.append("model.lora: r and alpha must be > 0")
+    if m.lora.enabled:
+        _positive(errors, "model.lora.r", m.lora.r)
+        _positive(errors, "model.lora.alpha", m.lora.alpha)
+    device_error = _device_error(m.device)
+    if device_error:
+        errors.append(f"model.device: {device_error}")
     if m.lora.enabled and not 0 <= m.lora.dropout < 1:
         errors.append(f"model.lora.dropout: must be in [0, 1), got {m.lora.dropout}")
     if m.name_or_path != "toy" and not m.name_or_path.startswith("pkg:") and not os.path.isdir(m.name_or_path) \
@@ -132,8 +202,7 @@ def validate(cfg: TrainConfig) -> None:
         _check_dataset(errors, "model.align.refusal", m.align.refusal)
         _check_dataset(errors, "model.align.benign", m.align.benign)
         _check_optim(errors, "model.align.optim", m.align.optim)
-        if m.align.max_length <= 0:
-            errors.append(f"model.align.max_length: must be > 0, got {m.align.max_length}")
+        _positive(errors, "model.align.max_length", m.align.max_length)
 
     d = cfg.data
     for key in ("train", "utility", "harmful", "refusal", "compliance", "overrefusal"):
@@ -143,24 +212,28 @@ def validate(cfg: TrainConfig) -> None:
     if d.poison.ratio > 0 and d.poison.data is None:
         errors.append("data.poison.data: required when data.poison.ratio > 0")
     _check_dataset(errors, "data.poison.data", d.poison.data)
-    if d.max_length <= 0:
-        errors.append(f"data.max_length: must be > 0, got {d.max_length}")
+    _positive(errors, "data.max_length", d.max_length)
+    if d.template is not None:
+        try:
+            d.template.format(prompt="")
+        except (KeyError, IndexError, ValueError) as err:
+            errors.append(f"data.template: only {{prompt}} may appear (literal braces doubled): "
+                          f"{type(err).__name__} {err}")  # fmt: skip
 
     e = cfg.eval
     if e.asr.keywords not in KEYWORD_LISTS:
         errors.append(f"eval.asr.keywords: '{e.asr.keywords}' is not one of {sorted(KEYWORD_LISTS)}")
-    if e.asr.max_new_tokens <= 0:
-        errors.append(f"eval.asr.max_new_tokens: must be > 0, got {e.asr.max_new_tokens}")
-    if e.asr.batch_size <= 0 or e.nll_batch_size <= 0:
-        errors.append("eval.asr.batch_size / eval.nll_batch_size: must be > 0")
+    # a count of 0 or less would slice silently ([:-1] drops one, [:0] scores nothing), so every count is checked
+    _positive(errors, "eval.asr.max_new_tokens", e.asr.max_new_tokens)
+    _positive(errors, "eval.asr.batch_size", e.asr.batch_size)
+    _positive(errors, "eval.asr.limit", e.asr.limit, optional=True)
+    _positive(errors, "eval.nll_batch_size", e.nll_batch_size)
+    _positive(errors, "eval.accuracy_max_new_tokens", e.accuracy_max_new_tokens)
+    _positive(errors, "eval.accuracy_limit", e.accuracy_limit, optional=True)
     if e.accuracy not in _CHECKERS:
         errors.append(f"eval.accuracy: '{e.accuracy}' is not one of {sorted(c for c in _CHECKERS if c)} or null")
-    t = cfg.trial
-    if t.check_every < 0 or t.check_limit <= 0:
-        errors.append("trial.check_every / trial.check_limit: must be >= 0 / > 0")
-    for key in [t.check_metric, *t.stop_if]:
-        if t.check_every and key not in METRICS:
-            errors.append(f"trial: check metric '{key}' is not one of {list(METRICS)}")
+    _check_trial(errors, cfg, METRICS)
+    _check_world(errors, cfg.world)
     if e.judge not in JUDGES:
         errors.append(f"eval.judge: '{e.judge}' is not a known judge (available: {', '.join(JUDGES)})")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,24 @@ def test_every_config_file_composes(rel: str) -> None:
         ("+data.train.path=/no/such/file.csv", "data.train.path"),
         ("eval.asr.keywords=nope", "eval.asr.keywords"),
         ("eval.judge=llama_guard", "eval.judge"),
+        ("eval.asr.limit=-1", "eval.asr.limit"),
+        ("eval.asr.limit=0", "eval.asr.limit"),
+        ("eval.accuracy_limit=0", "eval.accuracy_limit"),
+        ("eval.accuracy_max_new_tokens=0", "eval.accuracy_max_new_tokens"),
+        ("eval.nll_batch_size=-2", "eval.nll_batch_size"),
+        ("eval.asr.batch_size=0", "eval.asr.batch_size"),
+        ("eval.asr.max_new_tokens=0", "eval.asr.max_new_tokens"),
+        ("trial.check_limit=0", "trial.check_limit"),
+        ("data.max_length=0", "data.max_length"),
+        ("data.train.limit=0", "data.train.limit"),
+        ("model.device=gpu", "model.device"),
+        ("model.device=cuda:x", "model.device"),
+        ("model.device=meta", "model.device"),
+        ("data.template='Q: {question}'", "data.template"),
+        ("data.template='Q: {prompt'", "data.template"),
+        ("world.num_heads=3", "world.hidden_size"),
+        ("world.task_train_size=0", "world.task_train_size"),
+        ("++trial.stop_if.asr=0.5", "trial.stop_if"),
         ("method=[ema]", None),
     ],
 )
@@ -102,6 +121,34 @@ def test_method_entries_compose_and_override() -> None:
     validate(cfg)
     with pytest.raises(ConfigError, match=r"method\.ema: got an unexpected keyword argument 'etta'"):
         validate(to_train_config(_compose(["method=[ema]", "+method.ema.etta=0.5"])))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trial.check_metric=asr", "data.harmful=null"], "trial.check_metric: 'asr' is computed on data.harmful"),
+        (["trial.check_metric=utility_acc", "eval.accuracy=null"], "'utility_acc' needs eval.accuracy"),
+        (["trial.check_metric=utility_loss", "++trial.stop_if.over_refusal=0.5", "data.overrefusal=null"],
+         "trial.stop_if.over_refusal: 'over_refusal' is computed on data.overrefusal"),
+        (["trial.check_metric=accuracy"], "trial.check_metric: 'accuracy' is not one of"),
+    ],
+)
+def test_check_metrics_need_their_data(overrides: list[str], message: str) -> None:
+    """What a mid-training check scores must be configured: found before training, not at the first check."""
+    cfg = to_train_config(_compose(["trial.check_every=5", *overrides]))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(cfg)
+
+
+def test_check_metrics_with_their_data_pass() -> None:
+    validate(to_train_config(_compose(["trial.check_every=5", "trial.check_metric=asr", "++trial.stop_if.asr=0.5"])))
+
+
+def test_method_regex_is_compiled_in_validation() -> None:
+    cfg = to_train_config(_compose(["method=[ema]", "method.ema.include='(q_proj'"]))
+    with pytest.raises(ConfigError, match=r"method\.ema\.include: '\(q_proj' is not a valid regex"):
+        validate(cfg)
+    validate(to_train_config(_compose(["method=[ema]", "method.ema.include='q_proj|v_proj'"])))
 
 
 def test_a_registered_judge_is_accepted_and_used(monkeypatch) -> None:

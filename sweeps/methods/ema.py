@@ -38,7 +38,7 @@ class EMA(TrainingMethod):
     name = "ema"
 
     def __init__(self, eta: float = 0.25, every: int = 1, mode: str = "shadow", include: str | None = None) -> None:
-        errors = self.check_args({"eta": eta, "every": every, "mode": mode})
+        errors = self.check_args({"eta": eta, "every": every, "mode": mode, "include": include})
         if errors:
             raise ValueError("; ".join(errors))
         self.eta, self.every, self.mode, self.include = float(eta), int(every), mode, include
@@ -58,6 +58,12 @@ class EMA(TrainingMethod):
             errors.append(f"every: must be an integer >= 1, got {every}")
         if kwargs.get("mode", "shadow") not in MODES:
             errors.append(f"mode: '{kwargs.get('mode')}' is not one of {list(MODES)}")
+        include = kwargs.get("include")
+        if include is not None:
+            try:
+                re.compile(include)
+            except (re.error, TypeError) as e:
+                errors.append(f"include: '{include}' is not a valid regex ({e})")
         return errors
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
