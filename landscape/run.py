@@ -299,7 +299,13 @@ def _check_same_landscape(cfg: LandscapeAppConfig, out_dir: Path) -> dict[str, A
     ident = landscape_identity(cfg)
     if not path.exists() or not any(out_dir.glob("points.*.jsonl")):
         return ident
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not readable JSON ({e}); move the folder's points away or choose a new "
+                          "hydra.run.dir") from None  # fmt: skip
+    if not isinstance(old, dict):
+        raise ConfigError(f"{path}: not a landscape identity (expected a JSON object)")
     changed = sorted(f"{group}.{k}" for group in ident for k in set(ident[group]) | set(old.get(group, {}))
                      if ident[group].get(k) != old.get(group, {}).get(k))  # fmt: skip
     if changed:

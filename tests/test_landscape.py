@@ -422,3 +422,13 @@ def test_cli_rejects_bad_weights_shared_config_and_unwritable_run_dir(tmp_path, 
     bad = run(f"hydra.run.dir={tmp_path / 'file' / 'run'}")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.strip().count("\n") == 0
     assert str(tmp_path / "file" / "run") in bad.stderr
+
+
+def test_a_corrupt_identity_file_is_one_line_naming_it(tmp_path) -> None:
+    (tmp_path / "points.0.jsonl").write_text("")
+    for text in ("{not json", "[1, 2]"):
+        (tmp_path / "landscape_identity.json").write_text(text)
+        with pytest.raises(ConfigError, match=r"landscape_identity\.json: not") as err:
+            run_landscape(_cfg("landscape.dims=1", "landscape.points=3"), tmp_path, progress=False)
+        assert "\n" not in str(err.value)
+
