@@ -432,3 +432,21 @@ def test_a_corrupt_identity_file_is_one_line_naming_it(tmp_path) -> None:
             run_landscape(_cfg("landscape.dims=1", "landscape.points=3"), tmp_path, progress=False)
         assert "\n" not in str(err.value)
 
+
+
+def test_landscape_values_reaching_libraries_are_checked_up_front(tmp_path) -> None:
+    from landscape.config import device_error, validate_landscape
+
+    assert device_error("cpu") is None and device_error("auto") is None
+    assert "not one of auto, cpu" in device_error("gpu0") and "not available" in device_error("cuda:99")
+    bad = {"landscape.radius=inf": "landscape.radius", "landscape.tolerance=-1": "landscape.tolerance",
+           "landscape.max_points=0": "landscape.max_points", "landscape.asr_limit=0": "landscape.asr_limit",
+           "landscape.hessian_examples=0": "landscape.hessian_examples",
+           "+landscape.thresholds.safety_loss=nan": "landscape.thresholds.safety_loss",
+           f"landscape.centre_weights={tmp_path / 'none.safetensors'}": "landscape.centre_weights: weights file",
+           "data.max_length=0": "data.max_length"}  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        validate_landscape(_cfg(*bad))
+    for key in bad.values():
+        assert key in str(err.value), (key, str(err.value))
+    validate_landscape(_cfg())  # the defaults pass
