@@ -73,17 +73,21 @@ def _load_target(spec: str, names: list[str], centre: list[torch.Tensor], model_
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError) as e:  # garbage, truncated, empty
-            reason = str(e).splitlines()[0]
+            reason = _first_line(e)
             raise ConfigError(f"landscape: {spec}: not a readable safetensors file ({reason})") from None
     elif path.is_dir():
         try:
             model, _ = load_model(model_cfg, str(path))
         except (OSError, ValueError, RuntimeError) as e:  # no weights or config, another model's sizes
-            raise ConfigError(f"landscape: {spec}: cannot load the model folder ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"landscape: {spec}: cannot load the model folder ({_first_line(e)})") from None
         state = dict(model.named_parameters())
     else:
         raise ConfigError(f"landscape: '{spec}' is neither a .safetensors file nor a model directory")
     return _pick(spec, state, names, centre, known)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _pick(spec: str, state: dict[str, torch.Tensor], names: list[str], centre: list[torch.Tensor],
@@ -95,6 +99,10 @@ def _pick(spec: str, state: dict[str, torch.Tensor], names: list[str], centre: l
     found = [n for n in names if n in state]
     if not found:
         raise ConfigError(f"landscape: '{spec}' holds none of the perturbed parameters")
+    if len(found) < len(names):
+        absent = next(n for n in names if n not in state)
+        log.warning("%s holds %d of the %d tensors asked for; the others (e.g. %s) keep the centre's values", spec,
+                    len(found), len(names), absent)  # fmt: skip
     for n, c in zip(names, centre, strict=True):
         if n in state and tuple(state[n].shape) != tuple(c.shape):
             raise ConfigError(f"landscape: {spec}: tensor '{n}' has shape {list(state[n].shape)}, the model's is "
@@ -300,7 +308,13 @@ def _check_same_landscape(cfg: LandscapeAppConfig, out_dir: Path) -> dict[str, A
     ident = landscape_identity(cfg)
     if not path.exists() or not any(out_dir.glob("points.*.jsonl")):
         return ident
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not readable JSON ({e}); move the folder's points away or choose a new "
+                          "hydra.run.dir") from None  # fmt: skip
+    if not isinstance(old, dict):
+        raise ConfigError(f"{path}: not a landscape identity (expected a JSON object)")
     changed = sorted(f"{group}.{k}" for group in ident for k in set(ident[group]) | set(old.get(group, {}))
                      if ident[group].get(k) != old.get(group, {}).get(k))  # fmt: skip
     if changed:

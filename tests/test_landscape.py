@@ -422,3 +422,31 @@ def test_cli_rejects_bad_weights_shared_config_and_unwritable_run_dir(tmp_path, 
     bad = run(f"hydra.run.dir={tmp_path / 'file' / 'run'}")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.strip().count("\n") == 0
     assert str(tmp_path / "file" / "run") in bad.stderr
+
+
+def test_a_corrupt_identity_file_is_one_line_naming_it(tmp_path) -> None:
+    (tmp_path / "points.0.jsonl").write_text("")
+    for text in ("{not json", "[1, 2]"):
+        (tmp_path / "landscape_identity.json").write_text(text)
+        with pytest.raises(ConfigError, match=r"landscape_identity\.json: not") as err:
+            run_landscape(_cfg("landscape.dims=1", "landscape.points=3"), tmp_path, progress=False)
+        assert "\n" not in str(err.value)
+
+
+
+def test_landscape_values_reaching_libraries_are_checked_up_front(tmp_path) -> None:
+    from landscape.config import device_error, validate_landscape
+
+    assert device_error("cpu") is None and device_error("auto") is None
+    assert "not one of auto, cpu" in device_error("gpu0") and "not available" in device_error("cuda:99")
+    bad = {"landscape.radius=inf": "landscape.radius", "landscape.tolerance=-1": "landscape.tolerance",
+           "landscape.max_points=0": "landscape.max_points", "landscape.asr_limit=0": "landscape.asr_limit",
+           "landscape.hessian_examples=0": "landscape.hessian_examples",
+           "+landscape.thresholds.safety_loss=nan": "landscape.thresholds.safety_loss",
+           f"landscape.centre_weights={tmp_path / 'none.safetensors'}": "landscape.centre_weights: weights file",
+           "data.max_length=0": "data.max_length"}  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        validate_landscape(_cfg(*bad))
+    for key in bad.values():
+        assert key in str(err.value), (key, str(err.value))
+    validate_landscape(_cfg())  # the defaults pass
