@@ -71,7 +71,7 @@ class SafetySweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         try:
             self._check_launcher()
-            sweep = Sweep(self.settings, arguments, sweep_dir, compose=self._compose)
+            sweep = Sweep(self.settings, arguments, sweep_dir, compose=self._compose, validate=_validate)
             counts = sweep.run(self._launch)
         except (SweepError, SearchSpaceError) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -89,7 +89,7 @@ class SafetySweeper(Sweeper):
                              "holding a lease meanwhile; for parallel local trials start the command several times")
 
     def _compose(self, overrides: list[str]) -> TrainConfig:
-        """The trial config these overrides give, composed as the launcher will, then type- and value-checked."""
+        """The typed trial config these overrides give, composed as the launcher will."""
 
         assert self.config is not None
         try:
@@ -99,12 +99,18 @@ class SafetySweeper(Sweeper):
         with open_dict(cfg):
             del cfg["hydra"]
         try:
-            typed = to_train_config(cfg)
-            validate(typed)
+            return to_train_config(cfg)
         except ConfigError as e:
-            lines = [line.strip() for line in str(e).splitlines()]
-            raise ComposeError("\n".join(line for line in lines if line and line != "invalid config:")) from None
-        return typed
+            raise ComposeError(str(e)) from None
+
+
+def _validate(cfg: TrainConfig) -> list[str]:
+    """The value checks every trial runs first (sweeps.config.validate), one line per problem."""
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        return [line.strip() for line in str(e).splitlines() if line.strip() and line.strip() != "invalid config:"]
+    return []
 
 
 def _one_line(e: Exception) -> str:

@@ -327,8 +327,10 @@ class ComposeError(ValueError):
     """A set of overrides that does not compose into a valid trial config; the message is one line per problem."""
 
 
-# overrides -> the trial's config (TrainConfig or DictConfig); raises ComposeError. Given by the Hydra plugin.
+# Given by the Hydra plugin: overrides -> the trial's config (TrainConfig or DictConfig), raising ComposeError; and
+# a trial config -> its value errors, one line each
 Compose = Callable[[list[str]], Any]
+Validate = Callable[[Any], list[str]]
 
 
 def _one_error(errors: list[str]) -> SweepError:
@@ -338,7 +340,7 @@ def _one_error(errors: list[str]) -> SweepError:
 
 class Sweep:
     def __init__(self, settings: SweepSettings, arguments: list[str], sweep_dir: str | Path,
-                 compose: Compose | None = None) -> None:  # fmt: skip
+                 compose: Compose | None = None, validate: Validate | None = None) -> None:  # fmt: skip
         """Checks everything it can before the study is opened: nothing is asked or written for a bad config."""
         errors = check_settings(settings)
         if errors:
@@ -352,7 +354,7 @@ class Sweep:
         self.constraints = [parse_constraint(spec) for spec in settings.constraints]
         errors = check_sampling(settings, self.space) + check_enqueue(settings.enqueue, self.space)
         if compose is not None and not errors:
-            errors = self.check_trial_configs(compose)
+            errors = self.check_trial_configs(compose, validate)
         if errors:
             raise _one_error(errors)
         self.url = resolve_storage_url(settings.storage, sweep_dir)
@@ -371,23 +373,20 @@ class Sweep:
         self._check_fingerprint()
         self.worker = uuid.uuid4().hex[:8]
 
-    def check_trial_configs(self, compose: Compose) -> list[str]:
-        """Compose the trial config for probe points of the space (every choice, both ends of every range); then check
-        that every objective and constraint names a metric all of them produce."""
+    def check_trial_configs(self, compose: Compose, validate: Validate | None = None) -> list[str]:
+        """Compose the trial config for probe points of the space (every choice, both ends of every range); check
+        that every objective and constraint names a metric all of them produce, then validate them as a trial would.
+        Baselines need no composing of their own: check_enqueue kept their values inside the probed ranges."""
         errors: list[str] = []
-        available: set[str] | None = None
-        # baselines need no composing of their own: check_enqueue kept their values inside the probed ranges
+        configs = []
         for point in probe_points(self.space):
             try:
-                cfg = compose(self._overrides(point))
+                configs.append(compose(self._overrides(point)))
             except ComposeError as e:
                 errors += [f"search space: {line}" for line in str(e).splitlines()]
-                continue
-            errors += check_problems(cfg, self.s.pruner)
-            have = available_metrics(cfg)
-            available = have if available is None else available & have
-        if errors or available is None:
+        if errors:
             return errors
+        available = set.intersection(*(available_metrics(cfg) for cfg in configs))
         listing = ", ".join(sorted(available))
         for metric in self.objectives:
             if metric not in available:
@@ -397,6 +396,11 @@ class Sweep:
             if metric not in available:
                 errors.append(f"hydra.sweeper.constraints: '{spec}' names '{metric}', not a metric this config "
                               f"produces (available: {listing})")  # fmt: skip
+        if errors:
+            return errors  # at once: the value checks below import the trial's heavy modules (transformers)
+        for cfg in configs:
+            errors += check_problems(cfg, self.s.pruner)
+            errors += [f"search space: {line}" for line in (validate(cfg) if validate else [])]
         return errors
 
     def _check_fingerprint(self) -> None:
