@@ -19,6 +19,7 @@ from sweeps.data import DataError, Example, load_examples, poison_examples
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import train
 from sweeps.methods import build_methods
+from sweeps.methods._resources import build_resources
 from sweeps.models import POOL, load_model, resolve_package
 from sweeps.rundir import atomic_write_json, atomic_write_jsonl, versions
 from sweeps.scoring.scorer import EvalSets, Scorer
@@ -87,24 +88,36 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
     validate(cfg)
     seed_everything(cfg.seed)
 
-    world, _, mcfg = resolve_model(cfg.model, cfg.data, cfg.world, cfg.cache_dir, progress=progress)
+    world, root, mcfg = resolve_model(cfg.model, cfg.data, cfg.world, cfg.cache_dir, progress=progress)
     try:
         train_set, sets = load_data(cfg.data, world)
     except DataError as e:
         raise ConfigError(str(e)) from None
     model, tok = POOL.acquire(mcfg, mcfg.name_or_path) if mcfg.reuse else load_model(mcfg, mcfg.name_or_path)
     try:
-        return _run(cfg, run_dir, start, model, tok, train_set, sets, progress)
+        return _run(cfg, run_dir, start, model, tok, train_set, sets, progress, method_base_path(cfg, root), world)
     finally:
         if cfg.model.reuse:
             POOL.release(model)
 
 
-def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, sets, progress) -> dict[str, Any]:
+def method_base_path(cfg: TrainConfig, toy_root: Path | None) -> Path | None:
+    """θ before alignment, for methods that use it (MagMax): the toy world's base/ or the alignment stage's input."""
+    if cfg.model.name_or_path == "toy" and toy_root is not None:
+        return toy_root / "base"
+    if cfg.model.align.enabled and Path(cfg.model.name_or_path).is_dir():
+        return Path(cfg.model.name_or_path)
+    return None
+
+
+def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, sets, progress,
+         base_path: Path | None = None, world: World | None = None) -> dict[str, Any]:  # fmt: skip
     fmt = PromptFormatter(tok, cfg.data.template, cfg.data.system_prompt)
     encoded = [fmt.encode_pair(e.prompt, e.response, cfg.data.max_length) for e in train_set]
     scorer = Scorer(tok, fmt, sets, cfg.eval, max_length=cfg.data.max_length)
     methods = build_methods(cfg.method)
+    resources = build_resources(methods, fmt, n_user=len(train_set), max_length=cfg.data.max_length, world=world,
+                                base_path=base_path, seed=cfg.seed)  # fmt: skip
 
     metrics: dict[str, Any] = {}
     generations: list[dict[str, Any]] = []
@@ -118,8 +131,9 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     if cfg.trial.check_every:
         probe = Scorer(tok, fmt, _probe_sets(sets, cfg.trial.check_limit), cfg.eval, max_length=cfg.data.max_length)
         checks = TrialChecks(cfg, probe, methods, model)
+    run_dir.mkdir(parents=True, exist_ok=True)
     result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress,
-                   on_step=checks)  # fmt: skip
+                   on_step=checks, resources=resources, log_path=run_dir / "train_log.jsonl")  # fmt: skip
     if checks is not None and checks.stop_reason:
         result.status = "pruned"
         metrics.update(prune_reason=checks.stop_reason, pruned_at=result.steps)
@@ -133,6 +147,7 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         lr=cfg.optim.lr, batch_size=cfg.optim.batch_size, grad_accum=cfg.optim.grad_accum,
     )  # fmt: skip
     metrics.update(methods.metrics())
+    metrics["methods"] = methods.described  # [{name, target, args}]; analysis labels trials from it
 
     if result.status == "completed":
         swapped = methods.swaps_eval_weights

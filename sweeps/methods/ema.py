@@ -25,15 +25,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
 
 from sweeps.methods._base import TrainingMethod
+from sweeps.methods._context import TrainingContext
 
 MODES = ("shadow", "writeback")
 
 
 class EMA(TrainingMethod):
-    name = "ema"
+    key = "ema"
 
     def __init__(self, eta: float = 0.25, every: int = 1, mode: str = "shadow", include: str | None = None) -> None:
         errors = self.check_args({"eta": eta, "every": every, "mode": mode})
@@ -58,9 +58,9 @@ class EMA(TrainingMethod):
             errors.append(f"mode: '{kwargs.get('mode')}' is not one of {list(MODES)}")
         return errors
 
-    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def setup(self, ctx: TrainingContext) -> None:
         pattern = re.compile(self.include) if self.include else None
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and (not pattern or pattern.search(n))]
+        named = [(n, p) for n, p in ctx.params.items() if not pattern or pattern.search(n)]
         if not named:
             raise ValueError("EMA: no trainable parameters in scope")
         self.names = [n for n, _ in named]
@@ -77,6 +77,10 @@ class EMA(TrainingMethod):
         if self.mode == "writeback":
             torch._foreach_copy_([p.data for p in self.params], self.shadow)
         self.updates += 1
+
+    @property
+    def swaps_eval_weights(self) -> bool:
+        return self.mode == "shadow"
 
     @contextlib.contextmanager
     def eval_weights(self) -> Iterator[None]:
