@@ -45,6 +45,8 @@ REGISTRY: dict[str, type[TrainingMethod]] = {}
 class TrainingMethod:
     key: ClassVar[str] = ""  # registry key and conf/method/<key>.yaml; the default instance name
     streams: ClassVar[tuple[str, ...]] = ()  # constructor arguments that are data-set specs (validated, loaded)
+    off: ClassVar[dict[str, Any]] = {}  # arguments that make the method plain fine-tuning (the contract test)
+    term: ClassVar[str] = ""  # its metrics() key that is non-zero once the method acts (the contract test)
     name: str = "method"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

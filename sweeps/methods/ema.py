@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -34,6 +34,8 @@ MODES = ("shadow", "writeback")
 
 class EMA(TrainingMethod):
     key = "ema"
+    off: ClassVar[dict[str, Any]] = {"eta": 1.0}
+    term: ClassVar[str] = "updates"
 
     def __init__(self, eta: float = 0.25, every: int = 1, mode: str = "shadow", include: str | None = None) -> None:
         errors = self.check_args({"eta": eta, "every": every, "mode": mode})
