@@ -244,3 +244,25 @@ def test_magmax_finalize_writes_the_merge_after_training(toy) -> None:
     merged, _ = _run(toy, {"magmax": _entry("magmax", scale=0.5)})
     for n, p in merged.named_parameters():
         torch.testing.assert_close(p, magmax(base[n], [start[n], dict(plain.named_parameters())[n]], 0.5))
+
+
+def test_merge_cli_applies_magmax_to_saved_weights(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from sweeps.merge import main
+
+    base, aligned, tuned = tmp_path / "base", tmp_path / "aligned", tmp_path / "final.safetensors"
+    base.mkdir()
+    aligned.mkdir()
+    save_file({"w": torch.zeros(3), "frozen": torch.zeros(2)}, str(base / "model.safetensors"))
+    save_file({"w": torch.tensor([2.0, 0.0, 1.0]), "frozen": torch.ones(2)}, str(aligned / "model.safetensors"))
+    (aligned / "config.json").write_text("{}")
+    save_file({"w": torch.tensor([1.0, -3.0, -1.0])}, str(tuned))
+    assert main(["--base", str(base), "--aligned", str(aligned), "--finetuned", str(tuned),
+                 "--out", str(tmp_path / "out"), "--scale", "0.5"]) == 0  # fmt: skip
+    out = load_file(str(tmp_path / "out" / "model.safetensors"))
+    torch.testing.assert_close(out["w"], 0.5 * torch.tensor([2.0, -3.0, -1.0]))
+    torch.testing.assert_close(out["frozen"], torch.ones(2))  # not fine-tuned: θ_aligned's
+    assert (tmp_path / "out" / "config.json").exists()
+    assert main(["--base", str(tmp_path / "nope"), "--aligned", str(aligned), "--finetuned", str(tuned),
+                 "--out", str(tmp_path / "o2")]) == 2  # fmt: skip
