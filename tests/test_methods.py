@@ -266,3 +266,18 @@ def test_merge_cli_applies_magmax_to_saved_weights(tmp_path) -> None:
     assert (tmp_path / "out" / "config.json").exists()
     assert main(["--base", str(tmp_path / "nope"), "--aligned", str(aligned), "--finetuned", str(tuned),
                  "--out", str(tmp_path / "o2")]) == 2  # fmt: skip
+
+
+def test_cli_missing_memory_file_is_one_line_naming_the_key(tmp_path) -> None:
+    import os
+    import subprocess
+
+    from tests.conftest import CACHE_DIR, PYTHON
+
+    env = {**os.environ, "SWEEPS_CACHE_DIR": str(CACHE_DIR), "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([PYTHON, "-m", "sweeps.train", f"hydra.run.dir={tmp_path / 'run'}", "method=[der]",
+                           "method.der.memory.source=file", "+method.der.memory.path=/no/such.jsonl"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "method.der.memory.path: file not found: /no/such.jsonl" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "metrics.json").exists()
