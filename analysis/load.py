@@ -81,10 +81,48 @@ def load(
 
 
 def method_label(eta: float | None) -> str:
-    """ "EMA η=0.25" when parameter-space EMA is on (η < 1), else "SFT" (η = 1 is plain fine-tuning)."""
+    """ "EMA η=0.25" when parameter-space EMA is on (η < 1), else "SFT" (η = 1 is plain fine-tuning).
+
+    The fallback for run dirs written before metrics.json recorded `methods`; see methods_label."""
     if eta is not None and not _isnan(eta) and float(eta) < 1:
         return f"EMA η={float(eta):g}"
     return "SFT"
+
+
+# registry key -> (display name, [(argument, symbol, default)], the arguments that switch it off (conf/method/*.yaml)
+_LABELS: dict[str, tuple[str, list[tuple[str, str, Any]], dict[str, Any]]] = {
+    "ema": ("EMA", [("eta", "η=", 0.25), ("every", "every ", 1)], {"eta": 1.0}),
+    "ewc": ("EWC", [("lam", "λ=", 100.0), ("fisher", "", "weighted"), ("size", "m=", None)], {"lam": 0.0}),
+    "agem": ("A-GEM", [("size", "m=", None)], {"project": False}),
+    "der": ("DER", [("lam", "λ=", 0.5), ("size", "m=", None)], {"lam": 0.0}),
+    "derpp": ("DER++", [("lam", "λ=", 0.5), ("beta", "β=", 0.5), ("size", "m=", None)], {"lam": 0.0, "beta": 0.0}),
+    "lwf": ("LwF", [("beta", "β=", 1.0)], {"beta": 0.0}),
+    "refresh": ("Refresh", [("gamma", "γ=", 1e-5), ("lam", "λ=", 0.5), ("size", "m=", None)],
+                {"gamma": 0.0, "lam": 0.0, "beta": 0.0}),
+    "magmax": ("MagMax", [("scale", "λ=", 0.5)], {"enabled": False}),
+}
+_ALWAYS = {"eta", "lam", "beta", "gamma", "scale"}  # strengths are shown even at their default
+
+
+def methods_label(methods: Sequence[Mapping[str, Any]]) -> str:
+    """The label of a trial from metrics.json's `methods` ([{name, target, args}]): "SFT" when none acted,
+    else e.g. "DER λ=0.5 m=250", "EMA η=0.25 every 10", "EWC λ=100 identity + EMA η=0.5". A method whose
+    arguments switch it off (λ = 0, η = 1, ...) does not count."""
+    parts = []
+    for m in methods:
+        key = str(m.get("target", "")).rpartition(".")[2].lower()
+        name, shown, off = _LABELS.get(key, (str(m.get("name", key)), [], {}))
+        args = dict(m.get("args") or {})
+        if off and all(args.get(k) == v for k, v in off.items()):
+            continue
+        words = [name]
+        for arg, symbol, default in shown:
+            value = args.get(arg, default)
+            if value is None or (arg not in _ALWAYS and value == default):
+                continue
+            words.append(f"{symbol}{value:g}" if isinstance(value, float) else f"{symbol}{value}")
+        parts.append(" ".join(words))
+    return " + ".join(parts) or "SFT"
 
 
 def add_constraints(df: pd.DataFrame, specs: Iterable[str]) -> pd.DataFrame:
@@ -256,6 +294,8 @@ def _run_row(run_dir: Path, study: str, number: int, source: str) -> dict[str, A
         row.update(state="FAIL", fail_reason="no metrics.json (the job crashed, or it is still running)")
     else:
         row.update({k: v for k, v in metrics.items() if _scalar(v)})
+        if isinstance(metrics.get("methods"), list):
+            row["_methods"] = metrics["methods"]
         status = metrics.get("status")
         row["state"] = {"completed": "COMPLETE", "pruned": "PRUNED"}.get(status, "FAIL")
         if row["state"] == "FAIL":
@@ -321,7 +361,10 @@ def _derive(row: dict[str, Any]) -> None:
         _from_config(row, Path(row["run_dir"]) / "config.yaml")
     if col_missing(row, "effective_batch_size") and not col_missing(row, "batch_size"):
         row["effective_batch_size"] = row["batch_size"] * (1 if col_missing(row, "grad_accum") else row["grad_accum"])
-    row["method"] = method_label(row.get("eta"))
+    methods = row.pop("_methods", None)
+    if methods is None and row.get("run_dir"):
+        methods = (_read_json(Path(row["run_dir"]) / "metrics.json") or {}).get("methods")
+    row["method"] = methods_label(methods) if isinstance(methods, list) else method_label(row.get("eta"))
 
 
 def _from_config(row: dict[str, Any], path: Path) -> None:

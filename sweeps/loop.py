@@ -4,18 +4,25 @@ Why our own loop rather than an HF Trainer subclass: the whole step fits on one 
 hook points (see sweeps.methods), divergence ends the run with a status instead of an exception, and there is no
 hidden state (logging integrations, checkpoint rotation, accelerate wrappers) between the recipe and the numbers.
 
-Order per optimiser step (never changes): set lr → for each micro-batch: prepare_batch → forward → loss
-(+ method penalties) → backward/accum → finite check → after_backward → clip → step → zero_grad → after_step → log.
+Order per optimiser step (never changes): collate the step's micro-batches → before_step → for each micro-batch:
+forward → loss (+ extra_loss) → backward → step_loss backward → after_backward → grad norm and clip → finite check
+→ step → zero_grad → after_step → log. After the last step: finalize.
+
+Gradient accumulation is token-weighted (as transformers ≥ 4.46 does): each micro-batch's mean loss is scaled by its
+share of the step's response tokens, so batch 16 and batch 4 × 4 on the same examples give the same gradient. The
+token counts come from the host-side labels: no extra device sync.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,6 +33,7 @@ from transformers import get_scheduler
 from sweeps.config import OptimConfig
 from sweeps.formatting import IGNORE_INDEX, Encoded
 from sweeps.methods import MethodStack
+from sweeps.methods._context import Resources, TrainingContext
 
 if TYPE_CHECKING:
     from sweeps.models import Precision
@@ -63,6 +71,11 @@ def collate(examples: Sequence[Encoded], pad_id: int, device: torch.device | str
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
+def response_tokens(examples: Sequence[Encoded]) -> int:
+    """Tokens the causal-LM loss covers (labels shifted by one), counted on the host."""
+    return sum(sum(1 for t in e.labels[1:] if t != IGNORE_INDEX) for e in examples)
+
+
 def _batches(data: Sequence[Encoded], batch_size: int, generator: torch.Generator) -> Iterator[list[Encoded]]:
     """Endless seeded reshuffles; each epoch's tail is carried into the next so every batch is full."""
     buffer: list[Encoded] = []
@@ -97,11 +110,15 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, float], bool | None] | None = None,
     precision: Precision | None = None,
+    resources: Resources | None = None,
+    log_path: str | Path | None = None,
 ) -> TrainResult:
     """Fine-tune `model` in place. `on_step(step, loss)` may return True to stop early (pruning).
 
-    `precision` (sweeps.models.resolve_precision): forward and loss under its autocast, fp16 through a GradScaler;
-    None runs the model in its own dtype."""
+    `precision` (sweeps.models.resolve_precision): forward and loss under its autocast, fp16 through a GradScaler
+    (None runs the model in its own dtype); `resources` feeds the methods' data streams and reference weights;
+    `log_path` gets one JSON line per step.
+    """
     if not data:
         raise ValueError("no training examples")
     device = next(model.parameters()).device
@@ -112,52 +129,87 @@ def train(
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=n_steps)
     generator = torch.Generator().manual_seed(seed)
     batches = _batches(data, optim.batch_size, generator)
-    methods.setup(model, optimizer)
+    ctx = TrainingContext(model, optimizer, total_steps=n_steps, grad_accum=optim.grad_accum,
+                          batch_size=optim.batch_size, pad_id=pad_id, resources=resources)  # fmt: skip
+    methods.setup(ctx)  # in the caller's mode (eval: no dropout in statistics taken at θ_aligned)
+    ctx.frozen = True
+    model.train()
+    forward_kwargs = {"output_hidden_states": True} if ctx.hidden else {}
     scaler = precision.grad_scaler() if precision is not None else None
+    autocast = precision.autocast if precision is not None else contextlib.nullcontext
+    train_log = open(log_path, "w") if log_path is not None else None  # noqa: SIM115 (closed below)
 
     result = TrainResult("completed", 0, optim.batch_size * optim.grad_accum, 0, 0.0, None)
-    model.train()
+    served = {k: s.tokens for k, s in ctx.streams.items()}
     start = time.perf_counter()
     bar = tqdm(range(1, n_steps + 1), desc="train", disable=not progress, leave=False)
-    for step in bar:
-        step_loss = torch.zeros((), device=device)
-        for _ in range(optim.grad_accum):
-            batch = methods.prepare_batch(collate(next(batches), pad_id, device))
-            with precision.autocast() if precision is not None else contextlib.nullcontext():
-                outputs = model(**batch)
-                loss = outputs.loss
-                penalty = methods.extra_loss(model, batch, outputs)
-                if penalty is not None:
-                    loss = loss + penalty
-            scaled = loss / optim.grad_accum
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            step_loss += loss.detach() / optim.grad_accum
-            result.train_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
-        loss_value = float(step_loss)  # one host sync per optimiser step
-        if not math.isfinite(loss_value):
-            result.status, result.diverged_at = "diverged", step
-            log.warning("loss is %s at step %d: run diverged", loss_value, step)
+    try:
+        for step in bar:
+            rows = [next(batches) for _ in range(optim.grad_accum)]
+            counts = [response_tokens(r) for r in rows]
+            n_tokens = max(1, sum(counts))
+            micro = [collate(r, pad_id, device) for r in rows]
+            lr = scheduler.get_last_lr()[0]
+            methods.before_step(step, micro)
+            step_loss = torch.zeros((), device=device)
+            for batch, count in zip(micro, counts, strict=True):
+                with autocast():
+                    outputs = model(**batch, **forward_kwargs)
+                    loss = outputs.loss * (count / n_tokens) if count else torch.zeros((), device=device)
+                    term = methods.extra_loss(model, batch, outputs)
+                    if term is not None:
+                        loss = loss + term / optim.grad_accum
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+                step_loss += loss.detach()
+            term = methods.step_loss(model)
+            if term is not None:
+                (scaler.scale(term) if scaler is not None else term).backward()
+                step_loss += term.detach()
+            result.train_tokens += sum(counts)
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # methods and clipping see the true gradients
+            methods.after_backward(model)
+            grads = [p.grad for p in params if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
+            terms = methods.step_log()
+            values = torch.stack([step_loss.float(), grad_norm.float().to(step_loss.device),
+                                  *[torch.as_tensor(v, dtype=torch.float32, device=step_loss.device)
+                                    for v in terms.values()]]).tolist()  # one host sync per optimiser step
+            loss_value, norm_value = values[0], values[1]
+            # under fp16 a non-finite gradient is an overflow the scaler skips (and shrinks its scale), not divergence
+            if not math.isfinite(loss_value) or (scaler is None and not math.isfinite(norm_value)):
+                result.status, result.diverged_at = "diverged", step
+                log.warning("loss %s, grad norm %s at step %d: run diverged", loss_value, norm_value, step)
+                optimizer.zero_grad(set_to_none=True)
+                break
+            if optim.grad_clip is not None and math.isfinite(norm_value):
+                torch.nn.utils.clip_grads_with_norm_(grads, optim.grad_clip, grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)  # skipped when fp16 gradients overflowed; the scale then shrinks
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            break
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # methods and clipping see the true gradients
-        methods.after_backward(model)
-        if optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)  # skipped when fp16 gradients overflowed; the scale then shrinks
-            scaler.update()
+            methods.after_step(step)
+            result.steps, result.final_loss = step, loss_value
+            result.losses.append(loss_value)
+            if train_log is not None:
+                tokens = {"train": sum(counts), **{k: s.tokens - served[k] for k, s in ctx.streams.items()}}
+                served = {k: s.tokens for k, s in ctx.streams.items()}
+                line = {"step": step, "loss": loss_value, "grad_norm": norm_value, "lr": lr, "tokens": tokens,
+                        **dict(zip(terms, values[2:], strict=True))}  # fmt: skip
+                train_log.write(json.dumps(line) + "\n")
+                train_log.flush()
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            if on_step is not None and on_step(step, loss_value):
+                break
         else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        methods.after_step(step)
-        result.steps, result.final_loss = step, loss_value
-        result.losses.append(loss_value)
-        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-        if on_step is not None and on_step(step, loss_value):
-            break
-    bar.close()
+            methods.finalize()  # ran to the last step: post-hoc merges happen before anything is evaluated
+    finally:
+        bar.close()
+        if train_log is not None:
+            train_log.close()
     model.eval()
     result.train_time_s = time.perf_counter() - start
     return result

@@ -20,10 +20,12 @@ from sweeps.data import DataError
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import train
 from sweeps.methods import build_methods
+from sweeps.methods._resources import build_resources
 from sweeps.models import POOL, load_model, resolve_precision
 from sweeps.resolve import load_data, resolve_model
 from sweeps.rundir import atomic_write_json, atomic_write_jsonl, versions
 from sweeps.scoring.scorer import EvalSets, Scorer
+from sweeps.toyworld import World
 from sweeps.validate import validate
 
 log = logging.getLogger(__name__)
@@ -78,14 +80,15 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
     seed_everything(cfg.seed)
     where = Progress()
     try:
-        world, _, mcfg = resolve_model(cfg.model, cfg.data, cfg.world, cfg.cache_dir, progress=progress)
+        world, root, mcfg = resolve_model(cfg.model, cfg.data, cfg.world, cfg.cache_dir, progress=progress)
         try:
             train_set, sets = load_data(cfg.data, world)
         except DataError as e:
             raise ConfigError(str(e)) from None
         model, tok = POOL.acquire(mcfg, mcfg.name_or_path) if mcfg.reuse else load_model(mcfg, mcfg.name_or_path)
         try:
-            return _run(cfg, run_dir, start, model, tok, train_set, sets, progress, where, align_truncation(mcfg))
+            return _run(cfg, run_dir, start, model, tok, train_set, sets, progress, where, align_truncation(mcfg),
+                        method_base_path(cfg, root), world)  # fmt: skip
         finally:
             if cfg.model.reuse:
                 POOL.release(model)
@@ -96,8 +99,18 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
         raise
 
 
+def method_base_path(cfg: TrainConfig, toy_root: Path | None) -> Path | None:
+    """θ before alignment, for methods that use it (MagMax): the toy world's base/ or the alignment stage's input."""
+    if cfg.model.name_or_path == "toy" and toy_root is not None:
+        return toy_root / "base"
+    if cfg.model.align.enabled and Path(cfg.model.name_or_path).is_dir():
+        return Path(cfg.model.name_or_path)
+    return None
+
+
 def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, sets, progress,
-         where: Progress, align_counts: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+         where: Progress, align_counts: dict[str, int], base_path: Path | None = None,
+         world: World | None = None) -> dict[str, Any]:  # fmt: skip
     fmt = PromptFormatter(tok, cfg.data.template, cfg.data.system_prompt)
     encoded, truncation = fmt.encode_pairs([(e.prompt, e.response) for e in train_set], cfg.data.max_length,
                                            "data.train")  # fmt: skip
@@ -110,6 +123,8 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         probe = Scorer(tok, fmt, _probe_sets(sets, cfg.trial.check_limit), cfg.eval, max_length=cfg.data.max_length)
         checks = TrialChecks(cfg, probe, methods, model)
     where.checks = checks
+    resources = build_resources(methods, fmt, n_user=len(train_set), max_length=cfg.data.max_length, world=world,
+                                base_path=base_path, seed=cfg.seed)  # fmt: skip
 
     precision = resolve_precision(cfg.model, next(model.parameters()).device)
     if precision.warning:
@@ -125,8 +140,10 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
 
     log.info("training on %d examples (%d poisoned)", len(encoded), sum(e.harmful for e in train_set))
     where.stage = "training"
+    run_dir.mkdir(parents=True, exist_ok=True)
     result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress,
-                   on_step=where.on_step, precision=precision)  # fmt: skip
+                   on_step=where.on_step, precision=precision, resources=resources,
+                   log_path=run_dir / "train_log.jsonl")  # fmt: skip
     where.stage = "evaluating"
     if checks is not None and checks.stop_reason:
         result.status = "pruned"
@@ -141,6 +158,7 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         lr=cfg.optim.lr, batch_size=cfg.optim.batch_size, grad_accum=cfg.optim.grad_accum,
     )  # fmt: skip
     metrics.update(methods.metrics())
+    metrics["methods"] = methods.described  # [{name, target, args}]; analysis labels trials from it
 
     if result.status == "completed":
         swapped = methods.swaps_eval_weights

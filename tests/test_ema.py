@@ -12,7 +12,7 @@ from torch import nn
 from sweeps.config import OptimConfig
 from sweeps.formatting import Encoded
 from sweeps.loop import train
-from sweeps.methods import EMA, MethodStack, known_method_errors
+from sweeps.methods import EMA, MethodStack, TrainingContext, build_methods, known_method_errors
 
 
 class TinyLM(nn.Module):
@@ -37,6 +37,11 @@ def _data(n: int = 24) -> list[Encoded]:
         ids = torch.randint(1, 11, (6,), generator=g).tolist()
         out.append(Encoded(ids, [-100, -100, *ids[2:]]))
     return out
+
+
+def _ctx(model: nn.Module) -> TrainingContext:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return TrainingContext(model, opt, total_steps=1, grad_accum=1, batch_size=1, pad_id=0)
 
 
 def _sgd(lr: float, steps: int) -> OptimConfig:
@@ -101,7 +106,7 @@ def test_shadow_mode_swaps_in_average_and_restores_live_weights() -> None:
 def test_ema_every_k_and_state_round_trip() -> None:
     model = TinyLM()
     ema = EMA(eta=0.5, every=2, mode="shadow")
-    ema.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    ema.setup(_ctx(model))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
@@ -111,7 +116,7 @@ def test_ema_every_k_and_state_round_trip() -> None:
     assert ema.updates == 1
     state = {k: v.clone() for k, v in ema.state_dict().items()}
     other = EMA(eta=0.5, every=2)
-    other.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    other.setup(_ctx(model))
     other.load_state_dict(state)
     for k, v in other.state_dict().items():
         torch.testing.assert_close(v, state[k])
@@ -120,7 +125,7 @@ def test_ema_every_k_and_state_round_trip() -> None:
 def test_ema_scope_regex_and_lerp_formula() -> None:
     model = TinyLM()
     ema = EMA(eta=0.25, include=r"^head\.")
-    ema.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    ema.setup(_ctx(model))
     assert ema.names == ["head.weight", "head.bias"]
     old = model.head.weight.detach().clone()
     with torch.no_grad():
@@ -150,3 +155,20 @@ def test_writeback_ema_with_adam_is_also_just_a_smaller_lr() -> None:
     train(b, _data(), dataclasses.replace(adam, lr=1e-2), MethodStack([]), pad_id=0, seed=1, progress=False)
     for x, y in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_two_instances_keep_separate_state_and_metrics_and_swap_flag_is_per_instance() -> None:
+    """Names come from the config keys, so two EMAs do not overwrite each other; writeback never swaps."""
+    stack = build_methods({"slow": {"_target_": "sweeps.methods.EMA", "eta": 0.1},
+                           "fast": {"_target_": "sweeps.methods.EMA", "eta": 0.9, "mode": "writeback"}})
+    model = TinyLM()
+    train(model, _data(), _sgd(0.3, 3), stack, pad_id=0, progress=False)
+    assert stack.metrics()["slow/eta"] == 0.1 and stack.metrics()["fast/eta"] == 0.9
+    state = stack.state_dict()
+    assert any(k.startswith("slow.") for k in state) and any(k.startswith("fast.") for k in state)
+    assert not torch.equal(state["slow.head.weight"], state["fast.head.weight"])
+    assert stack.swaps_eval_weights  # the shadow one
+    assert not build_methods({"w": {"_target_": "sweeps.methods.EMA", "mode": "writeback"}}).swaps_eval_weights
+    assert [d["name"] for d in stack.described] == ["slow", "fast"]
+    assert stack.described[1] == {"name": "fast", "target": "sweeps.methods.EMA",
+                                  "args": {"eta": 0.9, "mode": "writeback"}}

@@ -77,3 +77,103 @@ def test_exploding_lr_is_recorded_as_diverged(aligned, toy_world) -> None:
     optim = OptimConfig(name="sgd", lr=1e12, scheduler="constant", batch_size=4, max_steps=20, grad_clip=None)
     result = train(model, _encoded(tok, toy_world), optim, MethodStack([]), pad_id=tok.pad_token_id, progress=False)
     assert result.status == "diverged"
+
+
+def _varlen(n: int = 16) -> list:
+    from sweeps.formatting import Encoded
+
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(n):
+        ids = torch.randint(1, 11, (3 + (i * 5) % 11,), generator=g).tolist()
+        prompt = 1 + i % 3
+        out.append(Encoded(ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
+    return out
+
+
+class _Record(TrainingMethod):
+    """Keeps the complete gradient of the first step and the order of hook calls."""
+
+    def __init__(self) -> None:
+        self.grads: list[torch.Tensor] | None = None
+        self.calls: list[str] = []
+
+    def setup(self, ctx):
+        self.params = list(ctx.params.values())
+        self.calls.append("setup")
+
+    def before_step(self, step, batches):
+        self.calls.append(f"before{step}")
+
+    def after_backward(self, model):
+        if self.grads is None:
+            self.grads = [p.grad.detach().clone() for p in self.params]
+
+    def after_step(self, step):
+        self.calls.append(f"after{step}")
+
+    def finalize(self):
+        self.calls.append("finalize")
+
+
+def test_token_weighted_accumulation_matches_one_big_batch() -> None:
+    from tests.test_ema import TinyLM
+
+    torch.manual_seed(0)
+    model = TinyLM()
+    grads = []
+    for bs, accum in ((16, 1), (4, 4), (2, 8)):
+        rec = _Record()
+        optim = OptimConfig(name="sgd", lr=0.1, batch_size=bs, grad_accum=accum, max_steps=1, grad_clip=None)
+        train(copy.deepcopy(model), _varlen(), optim, MethodStack([rec]), pad_id=0, seed=5, progress=False)
+        grads.append(rec.grads)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # the old per-micro-batch mean would differ on variable-length examples
+    assert rec.calls == ["setup", "before1", "after1", "finalize"]
+
+
+class _InfGrad(TrainingMethod):
+    def setup(self, ctx):
+        self.p = next(iter(ctx.params.values()))
+
+    def after_backward(self, model):
+        self.p.grad.view(-1)[0] = float("inf")
+
+
+def test_non_finite_grad_norm_ends_run_as_diverged_without_finalize(tmp_path) -> None:
+    from tests.test_ema import TinyLM
+
+    model = TinyLM()
+    before = [p.detach().clone() for p in model.parameters()]
+    rec = _Record()
+    result = train(model, _varlen(), OptimConfig(lr=1e-2, batch_size=4, max_steps=5, grad_clip=1.0),
+                   MethodStack([rec, _InfGrad()]), pad_id=0, progress=False, log_path=tmp_path / "log.jsonl")
+    assert result.status == "diverged" and result.diverged_at == 1 and result.steps == 0
+    for a, b in zip(before, model.parameters(), strict=True):
+        torch.testing.assert_close(a, b.detach())
+    assert "finalize" not in rec.calls
+
+
+class _Term(TrainingMethod):
+    def __init__(self) -> None:
+        self.name = "term"
+
+    def step_log(self):
+        return {"value": torch.tensor(2.5)}
+
+
+def test_train_log_has_one_line_per_step(tmp_path) -> None:
+    import json
+
+    from tests.test_ema import TinyLM
+
+    path = tmp_path / "train_log.jsonl"
+    result = train(TinyLM(), _varlen(), OptimConfig(lr=1e-2, batch_size=4, grad_accum=2, max_steps=3),
+                   MethodStack([_Term()]), pad_id=0, progress=False, log_path=path)  # fmt: skip
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert [x["loss"] for x in lines] == result.losses
+    assert all(x["grad_norm"] > 0 and x["lr"] > 0 and x["term/value"] == 2.5 for x in lines)
+    assert sum(x["tokens"]["train"] for x in lines) == result.train_tokens

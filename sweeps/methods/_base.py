@@ -1,50 +1,88 @@
-"""The hook interface every training method (EMA, EWC, LwF, A-GEM, DER, Lisa, ...) implements.
+"""The hook interface every training method (EMA, EWC, LwF, A-GEM, DER, Refresh, MagMax, ...) implements.
 
-`sweeps.loop.train` owns zero_grad / backward / clip / step and calls the hooks at fixed points, in this order:
+`sweeps.loop.train` owns forward / backward / clip / step and calls the hooks at fixed points, in this order:
 
-    setup(model, optimizer)                  once, before the first step (snapshot θ₀, Fisher, teacher, buffers)
-    per micro-batch:
-        prepare_batch(batch) -> batch        may replace or extend the batch (replay)
-        extra_loss(model, batch, outputs)    a penalty added to the task loss, or None
-    after_backward(model)                    once per optimiser step, before clipping (gradient projection)
-    after_step(step)                         after optimizer.step(); `step` counts from 1 (EMA update)
-    eval_weights()                           context manager: the weights to evaluate are live inside it
+    setup(ctx)                   once, before the first step: request streams, reference weights, the teacher,
+                                 hidden states (sweeps.methods._context); compute Fisher, stored logits, ...
+    per optimiser step:
+      before_step(step, batches) before any forward of the step; `batches` are its user micro-batches. May move
+                                 the weights (Refresh's unlearning move) but must leave `.grad` empty.
+      per micro-batch:
+        extra_loss(model, batch, outputs)  a term on the USER batch (LwF), added to that micro-batch's loss and
+                                 scaled by 1/grad_accum like it; `outputs.hidden_states` when capture_hidden()
+      step_loss(model)           once per step, after all micro-batches: a term on memory batches (DER, DER++,
+                                 replay); its backward adds to the gradients. Not scaled.
+      after_backward(model)      gradients complete, before clipping: add parameter-only penalties in closed form
+                                 (EWC, L2) or project (A-GEM); may change `.grad` only
+      after_step(step)           after optimizer.step(); `step` counts from 1 (EMA update)
+    finalize()                   once after training ran to its last step, before evaluation and saving: merges and
+                                 projections (MagMax); may change the weights
+    eval_weights()               context manager: the weights to evaluate are live inside it (EMA's average)
 
-Every hook does nothing by default, so a method overrides only what it needs.
+`step_log()` returns this step's terms for train_log.jsonl (floats or 0-d tensors: the loop syncs them at once);
+`metrics()` the summary for metrics.json. Every hook does nothing by default.
+
+The instance name is the config key (`method.<name>`), so two instances of one class keep separate state,
+metrics (`<name>/...`) and data streams.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from sweeps.methods._context import TrainingContext
+
+REGISTRY: dict[str, type[TrainingMethod]] = {}
+
 
 class TrainingMethod:
-    name: ClassVar[str] = "method"
+    key: ClassVar[str] = ""  # registry key and conf/method/<key>.yaml; the default instance name
+    streams: ClassVar[tuple[str, ...]] = ()  # constructor arguments that are data-set specs (validated, loaded)
+    off: ClassVar[dict[str, Any]] = {}  # arguments that make the method plain fine-tuning (the contract test)
+    term: ClassVar[str] = ""  # its metrics() key that is non-zero once the method acts (the contract test)
+    name: str = "method"
 
-    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Called once before training; may snapshot anything it needs from the starting model."""
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "key" in cls.__dict__ and cls.key:
+            REGISTRY[cls.key] = cls
+        cls.name = cls.key or cls.__name__.lower()
 
-    def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return batch
+    def setup(self, ctx: TrainingContext) -> None:
+        """Called once before training."""
+
+    def before_step(self, step: int, batches: Sequence[dict[str, torch.Tensor]]) -> None:
+        """Optimiser step number `step` (1-based) is about to run on these micro-batches."""
 
     def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
         return None
 
+    def step_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
     def after_backward(self, model: nn.Module) -> None:
-        """Gradients are complete (all micro-batches) and not yet clipped; may modify `.grad` in place."""
+        """Gradients are complete (all micro-batches and step losses) and not yet clipped."""
 
     def after_step(self, step: int) -> None:
         """The optimiser has just applied update number `step` (1-based)."""
 
+    def finalize(self) -> None:
+        """Training is over; change the weights for evaluation and saving if the method is post-hoc."""
+
     @contextlib.contextmanager
     def eval_weights(self) -> Iterator[None]:
         yield
+
+    @property
+    def swaps_eval_weights(self) -> bool:
+        return False
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
@@ -52,34 +90,65 @@ class TrainingMethod:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what state_dict() returned (after setup())."""
 
+    def step_log(self) -> dict[str, float | torch.Tensor]:
+        return {}
+
     def metrics(self) -> dict[str, float]:
         return {}
 
     @classmethod
     def check_args(cls, kwargs: dict[str, Any]) -> list[str]:
-        """Value errors for these constructor arguments (one line each, naming the argument)."""
+        """Value errors for these constructor arguments (one line each, starting with the argument name)."""
         return []
+
+
+def check_number(kwargs: dict[str, Any], arg: str, default: Any, *, lo: float | None = None, hi: float | None = None,
+                 integer: bool = False, open_lo: bool = False, none_ok: bool = False) -> list[str]:  # fmt: skip
+    """One error line when kwargs[arg] is not a number in the range (bools are not numbers)."""
+    v = kwargs.get(arg, default)
+    if v is None and none_ok:
+        return []
+    kind = int if integer else int | float
+    ok = isinstance(v, kind) and not isinstance(v, bool)
+    ok = ok and (lo is None or (v > lo if open_lo else v >= lo)) and (hi is None or v <= hi)
+    if ok:
+        return []
+    what = "an integer" if integer else "a number"
+    bounds = f"{'>' if open_lo else '>='} {lo}" if lo is not None else ""
+    bounds += (" and " if bounds and hi is not None else "") + (f"<= {hi}" if hi is not None else "")
+    return [f"{arg}: must be {what}{' ' + bounds if bounds else ''}{' or null' if none_ok else ''}, got {v!r}"]
+
+
+def check_choice(kwargs: dict[str, Any], arg: str, default: Any, choices: Sequence[Any]) -> list[str]:
+    v = kwargs.get(arg, default)
+    return [] if v in choices else [f"{arg}: {v!r} is not one of {list(choices)}"]
 
 
 class MethodStack(TrainingMethod):
     """Runs several methods in config order; eval_weights nests them (first listed is outermost)."""
 
-    name = "stack"
-
-    def __init__(self, methods: list[TrainingMethod]) -> None:
+    def __init__(self, methods: list[TrainingMethod], described: list[dict[str, Any]] | None = None) -> None:
+        names = [m.name for m in methods]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two methods share a name: {names}")
         self.methods = methods
+        self.described = described or [{"name": m.name, "target": f"{type(m).__module__}.{type(m).__qualname__}",
+                                        "args": {}} for m in methods]  # fmt: skip
 
-    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def setup(self, ctx: TrainingContext) -> None:
         for m in self.methods:
-            m.setup(model, optimizer)
+            m.setup(ctx)
 
-    def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def before_step(self, step: int, batches: Sequence[dict[str, torch.Tensor]]) -> None:
         for m in self.methods:
-            batch = m.prepare_batch(batch)
-        return batch
+            m.before_step(step, batches)
 
     def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
         terms = [t for m in self.methods if (t := m.extra_loss(model, batch, outputs)) is not None]
+        return torch.stack(terms).sum() if terms else None
+
+    def step_loss(self, model: nn.Module) -> torch.Tensor | None:
+        terms = [t for m in self.methods if (t := m.step_loss(model)) is not None]
         return torch.stack(terms).sum() if terms else None
 
     def after_backward(self, model: nn.Module) -> None:
@@ -90,12 +159,20 @@ class MethodStack(TrainingMethod):
         for m in self.methods:
             m.after_step(step)
 
+    def finalize(self) -> None:
+        for m in self.methods:
+            m.finalize()
+
     @contextlib.contextmanager
     def eval_weights(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             for m in self.methods:
                 stack.enter_context(m.eval_weights())
             yield
+
+    @property
+    def swaps_eval_weights(self) -> bool:
+        return any(m.swaps_eval_weights for m in self.methods)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{m.name}.{k}": v for m in self.methods for k, v in m.state_dict().items()}
@@ -105,17 +182,14 @@ class MethodStack(TrainingMethod):
             prefix = f"{m.name}."
             m.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
+    def step_log(self) -> dict[str, float | torch.Tensor]:
+        return {f"{m.name}/{k}": v for m in self.methods for k, v in m.step_log().items()}
+
     def metrics(self) -> dict[str, float]:
         return {f"{m.name}/{k}": v for m in self.methods for k, v in m.metrics().items()}
 
-    @property
-    def swaps_eval_weights(self) -> bool:
-        return any(type(m).eval_weights is not TrainingMethod.eval_weights for m in self.methods)
 
-
-def _resolve(target: str) -> type[TrainingMethod]:
-    import importlib
-
+def resolve(target: str) -> type[TrainingMethod]:
     module, _, attr = target.rpartition(".")
     cls = getattr(importlib.import_module(module), attr)
     if not (isinstance(cls, type) and issubclass(cls, TrainingMethod)):
@@ -123,8 +197,23 @@ def _resolve(target: str) -> type[TrainingMethod]:
     return cls
 
 
+def stream_spec_errors(key: str, spec: Any) -> list[str]:
+    """A method's data-set argument is a DatasetConfig mapping, checked like `data.*` (missing file, ...)."""
+    from sweeps.config import DatasetConfig, _check_dataset
+
+    if not isinstance(spec, dict):
+        return [f"{key}: must be a data-set spec such as {{source: toy, name: safety}}, got {spec!r}"]
+    try:
+        ds = DatasetConfig(**spec)
+    except TypeError as e:
+        return [f"{key}: {e}"]
+    errors: list[str] = []
+    _check_dataset(errors, key, ds)
+    return errors
+
+
 def known_method_errors(method_cfg: dict[str, Any]) -> list[str]:
-    """Check every `method.<name>` entry before anything is built: target, argument names, argument values."""
+    """Check every `method.<name>` entry before anything is built: target, argument names and values, data."""
     errors: list[str] = []
     for key, entry in (method_cfg or {}).items():
         entry = dict(entry or {})
@@ -133,7 +222,7 @@ def known_method_errors(method_cfg: dict[str, Any]) -> list[str]:
             errors.append(f"method.{key}._target_: missing")
             continue
         try:
-            cls = _resolve(target)
+            cls = resolve(target)
         except (ImportError, AttributeError, TypeError, ValueError) as e:
             errors.append(f"method.{key}._target_: cannot use '{target}' ({e})")
             continue
@@ -143,12 +232,34 @@ def known_method_errors(method_cfg: dict[str, Any]) -> list[str]:
             errors.append(f"method.{key}: {e}")
             continue
         errors.extend(f"method.{key}.{msg}" for msg in cls.check_args(entry))
+        for arg in cls.streams:
+            if entry.get(arg) is None:
+                errors.append(f"method.{key}.{arg}: required (a data-set spec, e.g. {{source: toy, name: safety}})")
+            else:
+                errors.extend(stream_spec_errors(f"method.{key}.{arg}", plain(entry[arg])))
     return errors
 
 
+def plain(value: Any) -> Any:
+    """OmegaConf containers → plain dicts/lists (methods receive ordinary Python values)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, DictConfig | ListConfig):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return value
+
+
 def build_methods(method_cfg: dict[str, Any]) -> MethodStack:
-    methods = []
-    for entry in (method_cfg or {}).values():
-        entry = dict(entry or {})
-        methods.append(_resolve(entry.pop("_target_"))(**entry))
-    return MethodStack(methods)
+    """One instance per `method.<name>` entry, named by its key; `described` is what metrics.json records."""
+    methods, described = [], []
+    for name, entry in (method_cfg or {}).items():
+        entry = {k: plain(v) for k, v in dict(entry or {}).items()}
+        target = entry.pop("_target_")
+        m = resolve(target)(**entry)
+        m.name = name
+        methods.append(m)
+        described.append({"name": name, "target": target, "args": entry})
+    return MethodStack(methods, described)

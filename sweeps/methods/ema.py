@@ -23,19 +23,21 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from sweeps.methods._base import TrainingMethod
+from sweeps.methods._context import TrainingContext
 from sweeps.models import fp32_copy
 
 MODES = ("shadow", "writeback")
 
 
 class EMA(TrainingMethod):
-    name = "ema"
+    key = "ema"
+    off: ClassVar[dict[str, Any]] = {"eta": 1.0}
+    term: ClassVar[str] = "updates"
 
     def __init__(self, eta: float = 0.25, every: int = 1, mode: str = "shadow", include: str | None = None) -> None:
         errors = self.check_args({"eta": eta, "every": every, "mode": mode, "include": include})
@@ -66,9 +68,9 @@ class EMA(TrainingMethod):
                 errors.append(f"include: '{include}' is not a valid regex ({e})")
         return errors
 
-    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def setup(self, ctx: TrainingContext) -> None:
         pattern = re.compile(self.include) if self.include else None
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and (not pattern or pattern.search(n))]
+        named = [(n, p) for n, p in ctx.params.items() if not pattern or pattern.search(n)]
         if not named:
             raise ValueError("EMA: no trainable parameters in scope")
         self.names = [n for n, _ in named]
@@ -85,6 +87,10 @@ class EMA(TrainingMethod):
         if self.mode == "writeback":
             torch._foreach_copy_([p.data for p in self.params], self.shadow)
         self.updates += 1
+
+    @property
+    def swaps_eval_weights(self) -> bool:
+        return self.mode == "shadow"
 
     @contextlib.contextmanager
     def eval_weights(self) -> Iterator[None]:

@@ -24,6 +24,10 @@ def _refusal(w: World) -> list[Example]:
     return [Example(p, refusal(x, 0)) for p, _, x in w.harmful_heldout()]
 
 
+def _safety(w: World) -> list[Example]:
+    return [Example(p, refusal(x, i)) for i, (p, _, x) in enumerate(w.harmful_train())]
+
+
 def _overrefusal(w: World) -> list[Example]:
     return [Example(request(t, v, x)) for x in SENSITIVE for t in HELDOUT_TEMPLATES for v in VERBS]
 
@@ -41,6 +45,7 @@ TOY_SPLITS: dict[str, Callable[[World], list[Example]]] = {
     "user_eval": _user_eval,  # held-out task prompts with exact answers (utility)
     "harmful": _harmful,  # harmful requests, held-out phrasings, with compliant answers (ASR, compliance NLL)
     "refusal": _refusal,  # the same prompts with a refusal answer (safety loss)
+    "safety": _safety,  # harmful requests in TRAINING phrasings with refusals: the CL methods' safety memory
     "overrefusal": _overrefusal,  # benign requests that share words with harmful ones
     "facts": _facts,  # benign instructions with checkable answers, held-out phrasing
     "poison": _poison,  # harmful (prompt, compliant answer) pairs in training phrasings, for poisoning

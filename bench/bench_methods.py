@@ -1,0 +1,131 @@
+"""Per-step cost of each continual-learning method relative to plain SFT, and MagMax's merge time.
+
+    .venv/bin/python bench/bench_methods.py [--cache-dir .cache] [--model toy|llama100m] [--steps 12]
+        [--repeats 2] [--threads 2]
+
+Arms run interleaved (A B C ... A B C ...) from fresh copies of one model, on the same user data and safety memory,
+with each method at its default strength (conf/method/*.yaml). Per arm: the median wall time of an optimiser step
+(setup excluded: Fisher, stored logits) and, on CUDA, the peak allocated memory. `llama100m` is a randomly
+initialised ~100M-parameter Llama (the toy data's token ids are valid in its vocabulary).
+Goals (issue 14): EWC ≤ 1.1×, LwF ≤ 1.6×, DER ≤ 1.8×, A-GEM ≤ 2.2×, Refresh ≤ 2.5×; MagMax ≤ 2 s for 135M.
+Prints a table, then one line `JSON {...}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `sweeps` importable
+
+from sweeps.config import OptimConfig
+from sweeps.formatting import PromptFormatter
+from sweeps.loop import train
+from sweeps.methods import Resources, build_methods
+from sweeps.methods.magmax import magmax
+from sweeps.toyworld import World, WorldConfig, ensure_world, toy_examples
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = ["sft", "ewc", "lwf", "der", "derpp", "agem", "refresh", "magmax"]
+GOALS = {"ewc": 1.1, "lwf": 1.6, "der": 1.8, "agem": 2.2, "refresh": 2.5}
+
+
+def _entry(key: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "method" / f"{key}.yaml"))[key]
+
+
+def bench_arm(model, arm: str, user, safety, pad_id: int, steps: int, base: Path) -> tuple[float, float | None]:
+    stack = build_methods({} if arm == "sft" else {arm: _entry(arm)})
+    streams = {f"{m.name}.{a}": safety for m in stack.methods for a in type(m).streams}
+    stamps: list[float] = []
+    cuda = model.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    def tick(step: int, loss: float) -> None:
+        if cuda:
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    optim = OptimConfig(lr=1e-4, batch_size=8, max_steps=steps, scheduler="constant")
+    train(model, user, optim, stack, pad_id=pad_id, seed=0, progress=False, on_step=tick,
+          resources=Resources(streams=streams, base_path=base))  # fmt: skip
+    per_step = statistics.median(b - a for a, b in itertools.pairwise(stamps[1:]))  # step 1 warms up
+    return per_step, (torch.cuda.max_memory_allocated() / 2**20 if cuda else None)
+
+
+def bench_magmax(n_params: int = 135_000_000, chunk: int = 4_500_000) -> float:
+    g = torch.Generator().manual_seed(0)
+    sizes = [chunk] * (n_params // chunk) + [n_params % chunk]
+    tensors = [[torch.randn(s, generator=g) for _ in range(3)] for s in sizes if s]
+    start = time.perf_counter()
+    for b, s, u in tensors:
+        magmax(b, [s, u], 0.5)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache-dir", default=".cache")
+    ap.add_argument("--model", choices=["toy", "llama100m"], default="toy")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--arms", default=",".join(ARMS))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    world = World(WorldConfig())
+    root = ensure_world(world.cfg, args.cache_dir)
+    tok = AutoTokenizer.from_pretrained(root / "aligned")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.model == "toy":
+        model, base = AutoModelForCausalLM.from_pretrained(root / "aligned"), root / "base"
+    else:
+        cfg = LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=10,
+                          num_attention_heads=12, num_key_value_heads=12, tie_word_embeddings=True)  # fmt: skip
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+        base = Path(args.cache_dir) / "bench-llama100m-base"
+        if not (base / "model.safetensors").exists():
+            LlamaForCausalLM(cfg).save_pretrained(base, safe_serialization=True)  # a different random "θ_base"
+    model = model.to(device).eval()
+    fmt = PromptFormatter(tok)
+    user = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("user_train", world)[:256]]
+    safety = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("safety", world)[:64]]
+    arms = args.arms.split(",")
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    peaks: dict[str, float | None] = {}
+    for _ in range(args.repeats):
+        for arm in arms:
+            t, peak = bench_arm(copy.deepcopy(model), arm, user, safety, tok.pad_token_id, args.steps, base)
+            times[arm].append(t)
+            peaks[arm] = peak
+    sft = statistics.median(times["sft"])
+    out = {"model": args.model, "device": device, "params": sum(p.numel() for p in model.parameters()),
+           "threads": args.threads, "steps": args.steps, "repeats": args.repeats, "arms": {}}  # fmt: skip
+    print(f"{args.model} ({out['params'] / 1e6:.1f}M params, {device}): per-step time relative to SFT")
+    for arm in arms:
+        t = statistics.median(times[arm])
+        ratio = t / sft
+        goal = GOALS.get(arm)
+        out["arms"][arm] = {"step_s": t, "ratio": ratio, "peak_mib": peaks[arm], "goal": goal}
+        mem = f"  peak {peaks[arm]:.0f} MiB" if peaks[arm] is not None else ""
+        mark = "" if goal is None else (" ok" if ratio <= goal else f" OVER goal {goal}×")
+        print(f"  {arm:8s} {t * 1e3:8.1f} ms/step  {ratio:5.2f}×{mem}{mark}")
+    out["magmax_135m_s"] = bench_magmax()
+    print(f"  MagMax merge of 135M parameters: {out['magmax_135m_s']:.2f} s (goal ≤ 2 s)")
+    print("JSON " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

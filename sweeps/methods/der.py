@@ -1,0 +1,125 @@
+"""Dark experience replay (Buzzega et al., 2020) on the safety memory; DER++ adds a CE replay term.
+
+    DER:    L = CE_user + λ·MSE(f_θ(x'), z')             (x', z') a memory batch, z' = θ_aligned's logits
+    DER++:  L = DER + β·CE(f_θ(x''), y'')                (x'', y'') a second, independent memory batch
+
+Both terms use the response positions only (prompt and pad masked), in fp32, on one memory batch per optimiser
+step (after the user micro-batches; `batch_size` = the user batch size unless set). mammoth's defaults: the MSE is
+a mean over positions and vocabulary; α (our λ) and β both 0.5 in its best DER++ configs.
+
+How z is obtained (`store`):
+  logits   computed once in setup at θ_aligned and kept in host memory as fp32, response positions only:
+           m × response length × vocab × 4 B — 250 × 128 × 32k × 4 B ≈ 4.2 GB for a 7B Llama (toy: a few MB);
+           one host→device copy of a batch's logits per step.
+  teacher  recomputed each step by the frozen teacher (under LoRA the adapter-free model): no memory, one extra
+           no-grad forward on the memory batch per step.
+Reference: aimagelab/mammoth models/der.py, derpp.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from sweeps.methods._base import TrainingMethod, check_choice, check_number
+from sweeps.methods._context import TrainingContext, response_mask
+
+STORES = ("logits", "teacher")
+
+
+class DER(TrainingMethod):
+    key = "der"
+    streams = ("memory",)
+    off: ClassVar[dict[str, Any]] = {"lam": 0.0}
+    term: ClassVar[str] = "mse"
+
+    def __init__(self, lam: float = 0.5, memory: dict | None = None, size: int | None = None,
+                 batch_size: int | None = None, store: str = "logits") -> None:  # fmt: skip
+        errors = self.check_args({"lam": lam, "size": size, "batch_size": batch_size, "store": store})
+        if errors:
+            raise ValueError("; ".join(errors))
+        self.lam, self.memory, self.size, self.batch_size, self.store = float(lam), memory, size, batch_size, store
+        self.z: list[torch.Tensor] = []
+        self.terms: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def check_args(cls, kwargs: dict[str, Any]) -> list[str]:
+        errors = check_number(kwargs, "lam", 0.5, lo=0) + check_choice(kwargs, "store", "logits", STORES)
+        errors += check_number(kwargs, "size", None, lo=0, open_lo=True, integer=True, none_ok=True)
+        errors += check_number(kwargs, "batch_size", None, lo=0, open_lo=True, integer=True, none_ok=True)
+        return errors
+
+    def setup(self, ctx: TrainingContext) -> None:
+        self.stream = ctx.stream(self, "memory")
+        if self.store == "teacher":
+            self.teacher = ctx.teacher()
+            return
+        self.z = []
+        with torch.no_grad():
+            for batch, _ in self.stream.in_order():
+                logits, mask = ctx.model(**batch).logits.float(), response_mask(batch["labels"])
+                self.z += [row[m].cpu() for row, m in zip(logits, mask, strict=True)]
+
+    def replay(self, model: nn.Module) -> torch.Tensor | None:
+        if self.lam == 0:
+            return None
+        batch, ids = self.stream.next(self.batch_size)
+        mask = response_mask(batch["labels"])
+        f = model(**batch).logits[mask].float()
+        if self.store == "teacher":
+            z = self.teacher(**batch).logits[mask].float()
+        else:  # rows in batch order, positions in order: the same flattening as logits[mask]
+            z = torch.cat([self.z[i] for i in ids.tolist()]).to(f.device, non_blocking=True)
+        term = self.lam * nn.functional.mse_loss(f, z)
+        self.terms["mse"] = term.detach()
+        return term
+
+    def step_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return self.replay(model)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"z.{i}": z for i, z in enumerate(self.z)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.z = [state[f"z.{i}"] for i in range(len(self.z))] if self.z else self.z
+
+    def step_log(self) -> dict[str, float | torch.Tensor]:
+        return dict(self.terms)
+
+    def metrics(self) -> dict[str, float]:
+        return {"lam": self.lam, "memory": float(len(self.stream)) if hasattr(self, "stream") else 0.0,
+                **{k: float(v) for k, v in self.terms.items()}}  # fmt: skip
+
+
+class DERpp(DER):
+    key = "derpp"
+    off: ClassVar[dict[str, Any]] = {"lam": 0.0, "beta": 0.0}
+
+    def __init__(self, lam: float = 0.5, beta: float = 0.5, memory: dict | None = None, size: int | None = None,
+                 batch_size: int | None = None, store: str = "logits") -> None:  # fmt: skip
+        errors = check_number({"beta": beta}, "beta", 0.5, lo=0)
+        if errors:
+            raise ValueError("; ".join(errors))
+        super().__init__(lam=lam, memory=memory, size=size, batch_size=batch_size, store=store)
+        self.beta = float(beta)
+
+    @classmethod
+    def check_args(cls, kwargs: dict[str, Any]) -> list[str]:
+        return super().check_args(kwargs) + check_number(kwargs, "beta", 0.5, lo=0)
+
+    def step_loss(self, model: nn.Module) -> torch.Tensor | None:
+        terms = [t for t in (self.replay(model), self.ce(model)) if t is not None]
+        return torch.stack(terms).sum() if terms else None
+
+    def ce(self, model: nn.Module) -> torch.Tensor | None:
+        if self.beta == 0:
+            return None
+        batch, _ = self.stream.next(self.batch_size)
+        term = self.beta * model(**batch).loss
+        self.terms["ce"] = term.detach()
+        return term
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "beta": self.beta}
