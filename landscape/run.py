@@ -21,8 +21,7 @@ from landscape.store import PointStore
 from landscape.summaries import crossing, hessian_top, visage
 from sweeps.config import AlignConfig, ConfigError, ModelConfig
 from sweeps.data import DataError
-from sweeps.formatting import PromptFormatter
-from sweeps.loop import collate
+from sweeps.formatting import PromptFormatter, collate
 from sweeps.models import PACKAGE_PREFIX, load_model, resolve_package
 from sweeps.resolve import load_data, resolve_model
 from sweeps.rundir import atomic_write_json, atomic_write_text, versions

@@ -11,9 +11,10 @@ role and warns once per role.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -124,3 +125,22 @@ def _cut_left(ids: list[int], keep: int, lead: int) -> list[int]:
         return []
     head = ids[: min(lead, keep - 1)]
     return head + ids[len(ids) - (keep - len(head)) :]
+
+
+def collate(examples: Sequence[Encoded], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example; padded positions are masked and ignored by the loss."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def response_tokens(examples: Sequence[Encoded]) -> int:
+    """Tokens the causal-LM loss covers (labels shifted by one), counted on the host."""
+    return sum(sum(1 for t in e.labels[1:] if t != IGNORE_INDEX) for e in examples)

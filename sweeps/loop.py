@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from sweeps.config import OptimConfig
-from sweeps.formatting import IGNORE_INDEX, Encoded
+from sweeps.formatting import Encoded, collate, response_tokens
 from sweeps.methods import MethodStack
 from sweeps.methods._context import Resources, TrainingContext
 
@@ -55,25 +55,6 @@ class TrainResult:
     @property
     def tokens_per_s(self) -> float:
         return self.train_tokens / self.train_time_s if self.train_time_s > 0 else 0.0
-
-
-def collate(examples: Sequence[Encoded], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example; padded positions are masked and ignored by the loss."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
-
-
-def response_tokens(examples: Sequence[Encoded]) -> int:
-    """Tokens the causal-LM loss covers (labels shifted by one), counted on the host."""
-    return sum(sum(1 for t in e.labels[1:] if t != IGNORE_INDEX) for e in examples)
 
 
 def _batches(data: Sequence[Encoded], batch_size: int, generator: torch.Generator) -> Iterator[list[Encoded]]:

@@ -14,7 +14,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeps.config import ConfigError, DatasetConfig, OptimConfig, TrainConfig, WorldConfig
+from sweeps.config import ConfigError, OptimConfig, TrainConfig, WorldConfig
+from sweeps.data.spec import check_dataset
 from sweeps.precision import precision_errors
 from sweeps.scoring.judges import JUDGES
 from sweeps.scoring.keywords import KEYWORD_LISTS
@@ -55,7 +56,6 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 _OPTIMS = {"adamw", "sgd"}
 _SCHEDULERS = {"constant", "linear", "cosine"}
-_SOURCES = {"toy", "file", "hub"}
 _CHECKERS = {"exact", "gsm8k", "label", None}
 
 
@@ -128,29 +128,6 @@ def _check_trial(errors: list[str], cfg: TrainConfig, metrics: tuple[str, ...]) 
             errors.append(f"{key}: 'utility_acc' needs eval.accuracy (an answer checker), which is null")
 
 
-def _check_dataset(errors: list[str], key: str, spec: DatasetConfig | None) -> None:
-    if spec is None:
-        return
-    if spec.source not in _SOURCES:
-        errors.append(f"{key}.source: '{spec.source}' is not one of {sorted(_SOURCES)}")
-    elif spec.source == "file":
-        if not spec.path:
-            errors.append(f"{key}.path: required when source=file")
-        elif not os.path.isfile(spec.path):
-            errors.append(f"{key}.path: file not found: {spec.path}")
-    elif not spec.name:
-        errors.append(f"{key}.name: required when source={spec.source}")
-    if spec.start < 0 or (spec.stop is not None and spec.stop <= spec.start):
-        errors.append(f"{key}.start/stop: need 0 <= start < stop, got start={spec.start} stop={spec.stop}")
-    _positive(errors, f"{key}.limit", spec.limit, optional=True)
-    if spec.prompt_format is not None:
-        try:
-            spec.prompt_format.format(prompt="", input="")
-        except (KeyError, IndexError, ValueError) as e:
-            errors.append(f"{key}.prompt_format: only {{prompt}} and {{input}} may appear (literal braces doubled): "
-                          f"{type(e).__name__} {e}")
-
-
 def _check_optim(errors: list[str], key: str, o: OptimConfig) -> None:
     if not o.lr > 0:
         errors.append(f"{key}.lr: must be > 0, got {o.lr}")
@@ -199,19 +176,19 @@ def validate(cfg: TrainConfig) -> None:
     if m.align.enabled:
         if m.align.refusal is None:
             errors.append("model.align.refusal: required when model.align.enabled")
-        _check_dataset(errors, "model.align.refusal", m.align.refusal)
-        _check_dataset(errors, "model.align.benign", m.align.benign)
+        check_dataset(errors, "model.align.refusal", m.align.refusal)
+        check_dataset(errors, "model.align.benign", m.align.benign)
         _check_optim(errors, "model.align.optim", m.align.optim)
         _positive(errors, "model.align.max_length", m.align.max_length)
 
     d = cfg.data
     for key in ("train", "utility", "harmful", "refusal", "compliance", "overrefusal"):
-        _check_dataset(errors, f"data.{key}", getattr(d, key))
+        check_dataset(errors, f"data.{key}", getattr(d, key))
     if not 0 <= d.poison.ratio <= 1:
         errors.append(f"data.poison.ratio: must be in [0, 1], got {d.poison.ratio}")
     if d.poison.ratio > 0 and d.poison.data is None:
         errors.append("data.poison.data: required when data.poison.ratio > 0")
-    _check_dataset(errors, "data.poison.data", d.poison.data)
+    check_dataset(errors, "data.poison.data", d.poison.data)
     _positive(errors, "data.max_length", d.max_length)
     if d.template is not None:
         try:

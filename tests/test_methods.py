@@ -211,7 +211,7 @@ def test_lwf_term_is_zero_at_the_aligned_weights_and_grows_after(toy) -> None:
     lwf = build_methods({"lwf": _entry("lwf")}).methods[0]
     ctx = _ctx(toy, fresh, lwf)
     lwf.setup(ctx)
-    from sweeps.loop import collate
+    from sweeps.formatting import collate
 
     batch = collate(toy[2][:4], toy[1])
     assert float(lwf.extra_loss(fresh, batch, fresh(**batch, output_hidden_states=True))) == 0.0

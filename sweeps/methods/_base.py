@@ -199,7 +199,8 @@ def resolve(target: str) -> type[TrainingMethod]:
 
 def stream_spec_errors(key: str, spec: Any) -> list[str]:
     """A method's data-set argument is a DatasetConfig mapping, checked like `data.*` (missing file, ...)."""
-    from sweeps.config import DatasetConfig, _check_dataset
+    from sweeps.config import DatasetConfig
+    from sweeps.data.spec import check_dataset
 
     if not isinstance(spec, dict):
         return [f"{key}: must be a data-set spec such as {{source: toy, name: safety}}, got {spec!r}"]
@@ -208,7 +209,7 @@ def stream_spec_errors(key: str, spec: Any) -> list[str]:
     except TypeError as e:
         return [f"{key}: {e}"]
     errors: list[str] = []
-    _check_dataset(errors, key, ds)
+    check_dataset(errors, key, ds)
     return errors
 
 

@@ -51,7 +51,7 @@ class Stream:
         return self.batch(ids), torch.tensor(ids)
 
     def batch(self, ids: Sequence[int]) -> dict[str, torch.Tensor]:
-        from sweeps.loop import collate, response_tokens
+        from sweeps.formatting import collate, response_tokens
 
         rows = [self.data[i] for i in ids]
         self.tokens += response_tokens(rows)

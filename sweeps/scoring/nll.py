@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeps.formatting import IGNORE_INDEX, Encoded
-from sweeps.loop import collate
+from sweeps.formatting import IGNORE_INDEX, Encoded, collate
 
 
 @torch.no_grad()
