@@ -334,3 +334,37 @@ def test_intermediate_checks_need_eval_data_and_a_fed_pruner() -> None:
         "trial.check_metric: 'asr' cannot be scored by this config (it scores: utility_loss)",
         "trial.stop_if.utility_acc: 'utility_acc' cannot be scored by this config (it scores: utility_loss)",
     ]
+
+
+def test_baseline_keys_fixed_by_an_override_are_dropped_with_a_warning(tmp_path, caplog) -> None:
+    # `search_space=seed_paper optim.batch_size=8`: the baselines name batch_size, which the override pins
+    settings = SweepSettings(study_name="f", n_trials=1, enqueue=[{"x": 0.5, "b": 16}, {"b": 4}])
+    args = ["x=interval(0.0, 1.0)", "b=choice(4, 16)", "b=8"]
+    unfixed = check_enqueue(settings.enqueue, {"x": FloatDistribution(0, 1)})
+    assert "'b' is not a searched parameter" in "\n".join(unfixed)
+    sweep = Sweep(settings, args, tmp_path)
+    assert sweep.baselines() == [{"x": 0.5}]
+    calls: list[list[str]] = []
+    with caplog.at_level(logging.WARNING, logger="sweeps.study.runner"):
+        sweep.run(_fake_launch(calls))
+    assert "enqueue[0]: b is fixed to 8 by an override" in caplog.text
+    (trial,) = sweep.study.trials
+    assert trial.params == {"x": 0.5} and trial.user_attrs["baseline"] and "b=8" in calls[0]
+
+
+def test_trial_configs_are_checked_unless_the_same_study_is_complete(tmp_path) -> None:
+    composed: list[list[str]] = []
+
+    def compose(overrides: list[str]):
+        from omegaconf import OmegaConf
+
+        composed.append(overrides)
+        return OmegaConf.create({"data": {"harmful": {}, "utility": {}}, "eval": {"accuracy": "exact"}})
+
+    settings = SweepSettings(study_name="c", n_trials=1)
+    Sweep(settings, ["x=interval(0.0, 1.0)"], tmp_path, compose=compose).run(_fake_launch([]))
+    assert len(composed) == 3  # low, high, an interior value
+    Sweep(settings, ["x=interval(0.0, 1.0)"], tmp_path, compose=compose)
+    assert len(composed) == 3  # rerun of the finished study: nothing to launch, nothing composed
+    Sweep(SweepSettings(study_name="c", n_trials=2), ["x=interval(0.0, 1.0)"], tmp_path, compose=compose)
+    assert len(composed) == 6  # more trials to run: checked again

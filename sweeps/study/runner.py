@@ -185,9 +185,11 @@ def check_sampling(s: SweepSettings, space: dict[str, BaseDistribution]) -> list
     return errors
 
 
-def check_enqueue(entries: list[Any], space: dict[str, BaseDistribution]) -> list[str]:
-    """Each baseline names searched parameters only, with values the parameter can take: Optuna would drop other
-    keys silently (the baseline then runs sampled values) and crash on a value outside a choice."""
+def check_enqueue(entries: list[Any], space: dict[str, BaseDistribution], fixed: dict[str, str] | None = None,
+                  ) -> list[str]:  # fmt: skip
+    """Each baseline names searched parameters (or ones an override fixed), with values the parameter can take:
+    Optuna would drop other keys silently (the baseline then runs sampled values) and crash on a value outside a
+    choice."""
     errors = []
     for i, entry in enumerate(entries):
         key = f"hydra.sweeper.enqueue[{i}]"
@@ -195,6 +197,8 @@ def check_enqueue(entries: list[Any], space: dict[str, BaseDistribution]) -> lis
             errors.append(f"{key}: expected a mapping from searched parameters to values, got {entry!r}")
             continue
         for name, value in entry.items():
+            if name in (fixed or {}):
+                continue  # pinned by an override for the whole study (see Sweep.baselines)
             if name not in space:
                 errors.append(f"{key}: '{name}' is not a searched parameter (searched: {', '.join(space)})")
             elif (problem := value_problem(space[name], value)) is not None:
@@ -352,12 +356,12 @@ class Sweep:
                              "'optim.lr=tag(log, interval(1e-5, 1e-2))'")  # fmt: skip
         self.objectives = parse_objectives(settings.objectives)
         self.constraints = [parse_constraint(spec) for spec in settings.constraints]
-        errors = check_sampling(settings, self.space) + check_enqueue(settings.enqueue, self.space)
-        if compose is not None and not errors:
+        errors = check_sampling(settings, self.space) + check_enqueue(settings.enqueue, self.space, self.fixed)
+        self.url = resolve_storage_url(settings.storage, sweep_dir)
+        if compose is not None and not errors and not self._nothing_to_do():
             errors = self.check_trial_configs(compose, validate)
         if errors:
             raise _one_error(errors)
-        self.url = resolve_storage_url(settings.storage, sweep_dir)
         if self.url.startswith("sqlite") and settings.n_jobs > 1:
             raise SweepError("hydra.sweeper.storage: sqlite with several workers crashed workers here; use the "
                              "default journal file (storage: null) or PostgreSQL")  # fmt: skip
@@ -372,6 +376,32 @@ class Sweep:
         )  # fmt: skip
         self._check_fingerprint()
         self.worker = uuid.uuid4().hex[:8]
+
+    def _nothing_to_do(self) -> bool:
+        """The same study is already complete here (a rerun of a finished command): the trial-config checks, which
+        cost seconds of imports, can be skipped. Looks only into a storage that exists, so nothing is created."""
+        if is_journal(self.url) and not Path(self.url).is_file():
+            return False
+        if self.url.startswith("sqlite:///") and not Path(self.url[len("sqlite:///") :]).is_file():
+            return False
+        try:
+            study = optuna.load_study(study_name=self.s.study_name, storage=open_storage(self.url))
+        except KeyError:  # no such study yet
+            return False
+        ours = fingerprint(self.space, self.fixed, self.objectives, sorted(self.s.constraints))
+        same = (study.user_attrs.get("fingerprint") or {}).get("hash") == ours["hash"]
+        return same and budget_used(study) >= self.s.n_trials and not _counted(study, (TrialState.RUNNING,))
+
+    def baselines(self) -> list[dict[str, Any]]:
+        """The enqueued recipes, less the parameters an override fixed for every trial (one warning each)."""
+        out = []
+        for i, entry in enumerate(self.s.enqueue):
+            for name in [k for k in entry if k in self.fixed]:
+                log.warning("hydra.sweeper.enqueue[%d]: %s is fixed to %s by an override; the baseline runs with that",
+                            i, name, self.fixed[name])  # fmt: skip
+            if rest := {k: v for k, v in entry.items() if k not in self.fixed}:
+                out.append(rest)
+        return out
 
     def check_trial_configs(self, compose: Compose, validate: Validate | None = None) -> list[str]:
         """Compose the trial config for probe points of the space (every choice, both ends of every range); check
@@ -468,8 +498,8 @@ class Sweep:
         return keep
 
     def run(self, launch: Launch) -> dict[str, int]:
-        for params in self.s.enqueue:
-            self.study.enqueue_trial(dict(params), user_attrs={"baseline": True}, skip_if_exists=True)
+        for params in self.baselines():
+            self.study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
         log.info("study '%s' in %s; watch it with: %s", self.s.study_name, self.url, dashboard_command(self.url))
         counts = {"complete": 0, "pruned": 0, "failed": 0}
         self._next_note = 0.0
