@@ -37,7 +37,7 @@ def build(seed: int, threads: int, cache: Path) -> dict:
         "from sweeps.toyworld import WorldConfig, ensure_world\n"
         f"t = time.perf_counter(); root = ensure_world(WorldConfig(seed={seed}), {str(cache)!r})\n"
         "print('JSON', json.dumps({'root': str(root), 'seconds': time.perf_counter() - t,"
-        " 'threads': torch.get_num_threads()}))\n"
+        " 'cpu_s': time.process_time(), 'threads': torch.get_num_threads()}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(threads), capture_output=True, text=True)
     if proc.returncode != 0:
