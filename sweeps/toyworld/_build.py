@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -78,6 +79,7 @@ def ensure_world(cfg: WorldConfig, cache_dir: str | os.PathLike) -> Path:
     if (root / "aligned" / "config.json").exists():
         return root
     log.info("building toy world %s (once; cached in %s)", world_key(cfg), root)
+    t0 = time.time()
     world = World(cfg)
     tok = build_tokenizer(world)
     model = build_model(cfg, tok)
@@ -90,7 +92,10 @@ def ensure_world(cfg: WorldConfig, cache_dir: str | os.PathLike) -> Path:
         _stage(model, tok, world.align_corpus(), cfg.align_steps, cfg.align_lr, cfg, "align")
         model.save_pretrained(tmp / "aligned", safe_serialization=True)
         tok.save_pretrained(tmp / "aligned")
-        (tmp / "world.json").write_text(json.dumps({"key": world_key(cfg), **cfg.to_dict()}, indent=2))
+        # the weights follow the float rounding of the machine and thread count that built them: record both
+        built = {"threads": torch.get_num_threads(), "torch": torch.__version__, "seconds": round(time.time() - t0, 1)}
+        (tmp / "world.json").write_text(json.dumps({"key": world_key(cfg), **cfg.to_dict(), "built_with": built},
+                                                   indent=2))
         try:
             os.rename(tmp, root)  # atomic: a concurrent builder that lost the race discards its copy
         except OSError:
