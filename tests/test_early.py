@@ -67,3 +67,19 @@ def test_checks_are_read_from_run_dirs_and_bad_input_names_the_problem(tmp_path)
     (tmp_path / "0" / "checks.jsonl").write_text("{oops\n")
     with pytest.raises(AnalysisError, match=r"checks.jsonl:1"):
         load_checks(pd.DataFrame({"run_dir": dirs}))
+
+
+def test_interpolation_rows_replace_metrics_by_each_alpha_point() -> None:
+    from analysis.interp import interpolation_rows
+
+    df = pd.DataFrame({"method": ["SFT", "EMA η=0.25"], "lr": [1e-3, 1e-4], "asr": [0.8, 0.6],
+                       "utility_loss": [1.0, 1.2],
+                       "interp/0.5/asr": [0.3, None], "interp/0.5/utility_loss": [1.5, None],
+                       "interp/0.25/asr": [0.1, 0.05], "interp/0.25/utility_loss": [2.0, 2.1]})  # fmt: skip
+    out = interpolation_rows(df)
+    assert list(out["alpha"]) == [0.25, 0.25, 0.5]  # trial 1 has no α = 0.5 point
+    assert list(out["method"]) == ["SFT α=0.25", "EMA η=0.25 α=0.25", "SFT α=0.5"]
+    assert list(out["asr"]) == [0.1, 0.05, 0.3] and list(out["utility_loss"]) == [2.0, 2.1, 1.5]
+    assert list(out["lr"]) == [1e-3, 1e-4, 1e-3] and out["interpolated"].all()
+    assert not any(c.startswith("interp/") for c in out.columns)
+    assert interpolation_rows(df[["method", "asr"]]).empty
