@@ -244,6 +244,8 @@ class TrialChecks:
         self.history: list[dict[str, float]] = []
         self.metrics = list(dict.fromkeys([self.cfg.check_metric, *self.cfg.stop_if]))
         missing = [m for m in self.metrics if m not in probe.available()]
+        if "safety_loss" in probe.available():  # the safety curve is always kept: an NLL on the probe, cheap
+            self.metrics = list(dict.fromkeys([*self.metrics, "safety_loss"]))
         if missing:  # validate() saw the data set configured; its rows may still lack what the metric needs
             raise ConfigError(f"trial.check_metric / trial.stop_if: no probe examples for {missing} in the loaded "
                               "data (utility_acc needs rows with an answer)")  # fmt: skip

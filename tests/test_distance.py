@@ -61,7 +61,7 @@ def test_a_trial_records_distances_checks_and_interpolation_at_zero_and_one_exac
     from sweeps.trial import run_trial
 
     cfg = _trial(tmp_path, ["method=[ema]", "method.ema.eta=0.5", "eval.baseline=true", "eval.also_live=true",
-                            "eval.interpolate=[0,0.5,1]", "trial.check_every=2", "trial.check_metric=safety_loss"])
+                            "eval.interpolate=[0,0.5,1]", "trial.check_every=2", "trial.check_metric=utility_loss"])
     m = run_trial(cfg, tmp_path, progress=False)
     assert m["status"] == "completed"
     scored = [k for k in ("asr", "safety_loss", "compliance_loss", "over_refusal", "utility_loss", "utility_acc")
@@ -75,7 +75,7 @@ def test_a_trial_records_distances_checks_and_interpolation_at_zero_and_one_exac
     assert 0 < m["distance_l2"] < m["live/distance_l2"]  # the average lies nearer θ_aligned than the live weights
     rows = [json.loads(line) for line in (tmp_path / "checks.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4]
-    assert all(r["distance_l2"] > 0 and "safety_loss" in r for r in rows)
+    assert all(r["distance_l2"] > 0 and "safety_loss" in r and "utility_loss" in r for r in rows)  # safety: always
     assert m["check/distance_l2"] == rows[-1]["distance_l2"]
     numbers = {k for k, v in m.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     assert available_metrics(cfg) == numbers

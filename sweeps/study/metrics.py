@@ -80,6 +80,8 @@ def available_metrics(cfg: Any) -> set[str]:
         out |= {f"interp/{float(alpha):g}/{m}" for m in [*evaluation, *DISTANCE]}
     if _get(cfg, "trial.check_every"):
         checked = list(dict.fromkeys([_get(cfg, "trial.check_metric"), *(_get(cfg, "trial.stop_if") or {})]))
+        if "safety_loss" in scorer_metrics(cfg):  # sweeps.trial.TrialChecks always adds the safety curve
+            checked = list(dict.fromkeys([*checked, "safety_loss"]))
         out |= {f"check/{m}" for m in [*_evaluation(checked), *DISTANCE]}
     return out
 
