@@ -259,3 +259,21 @@ def test_analysis_labels_name_the_design_choices() -> None:
     assert methods_label(ema(eta=0.5, init="first")) == "EMA η=0.5 init first"
     assert methods_label(ema(eta=0.0, convention="old")) == "SFT"  # old convention: η = 0 keeps no memory
     assert methods_label(ema(eta=1.0, convention="old")) == "EMA η=1 old-convention"  # never moves: not off
+
+
+def test_design_space_is_sweepable_from_the_command_line() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.config import ConfigError
+    from sweeps.validate import to_train_config, validate
+    from tests.conftest import ROOT
+
+    def cfg(*overrides: str):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return to_train_config(compose("train", ["method=[ema]", *overrides]))
+
+    ok = cfg("method.ema.every=epoch", "method.ema.convention=old", "method.ema.eta=0.9", "method.ema.init=first")
+    validate(ok)
+    assert build_methods(ok.method).methods[0].every == "epoch"
+    with pytest.raises(ConfigError, match=r"method\.ema\.every: must be an integer >= 1 or 'epoch', got 'week'"):
+        validate(cfg("method.ema.every=week"))
