@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +90,11 @@ def method_label(eta: float | None) -> str:
 
 
 # registry key -> (display name, [(argument, symbol, default)], the arguments that switch it off (conf/method/*.yaml)
-_LABELS: dict[str, tuple[str, list[tuple[str, str, Any]], dict[str, Any]]] = {
-    "ema": ("EMA", [("eta", "η=", 0.25), ("every", "every ", 1)], {"eta": 1.0}),
+# (a symbol with "{}" is a template: "{} updates"); the off arguments may depend on the others (EMA's convention)
+_EMA_SHOWN = [("eta", "η=", 0.25), ("convention", "{}-convention", "new"), ("every", "every ", 1),
+              ("updates", "{} updates", None), ("init", "init {}", "start")]  # fmt: skip
+_LABELS: dict[str, tuple[str, list[tuple[str, str, Any]], dict[str, Any] | Callable[[dict], dict[str, Any]]]] = {
+    "ema": ("EMA", _EMA_SHOWN, lambda a: {"eta": 1.0} if a.get("convention", "new") == "new" else {"eta": 0.0}),
     "ewc": ("EWC", [("lam", "λ=", 100.0), ("fisher", "", "weighted"), ("size", "m=", None)], {"lam": 0.0}),
     "agem": ("A-GEM", [("size", "m=", None)], {"project": False}),
     "der": ("DER", [("lam", "λ=", 0.5), ("size", "m=", None)], {"lam": 0.0}),
@@ -113,6 +116,7 @@ def methods_label(methods: Sequence[Mapping[str, Any]]) -> str:
         key = str(m.get("target", "")).rpartition(".")[2].lower()
         name, shown, off = _LABELS.get(key, (str(m.get("name", key)), [], {}))
         args = dict(m.get("args") or {})
+        off = off(args) if callable(off) else off
         if off and all(args.get(k) == v for k, v in off.items()):
             continue
         words = [name]
@@ -120,7 +124,8 @@ def methods_label(methods: Sequence[Mapping[str, Any]]) -> str:
             value = args.get(arg, default)
             if value is None or (arg not in _ALWAYS and value == default):
                 continue
-            words.append(f"{symbol}{value:g}" if isinstance(value, float) else f"{symbol}{value}")
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+            words.append(symbol.format(text) if "{}" in symbol else f"{symbol}{text}")
         parts.append(" ".join(words))
     return " + ".join(parts) or "SFT"
 

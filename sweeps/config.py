@@ -174,6 +174,8 @@ class EvalConfig:
     judge: str = "keyword"  # verdict source for ASR / over-refusal; a classifier judge can be registered later
     baseline: bool = False  # also score the starting model (metrics prefixed "start/")
     also_live: bool = False  # with EMA in shadow mode, also score the live weights (prefixed "live/")
+    # α values: θ(α) = θ_aligned + α·(θ_evaluated − θ_aligned) scored after training (prefixed "interp/<α>/")
+    interpolate: list[float] = field(default_factory=list)
 
 
 @dataclass

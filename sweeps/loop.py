@@ -111,7 +111,8 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     batches = _batches(data, optim.batch_size, generator)
     ctx = TrainingContext(model, optimizer, total_steps=n_steps, grad_accum=optim.grad_accum,
-                          batch_size=optim.batch_size, pad_id=pad_id, resources=resources)  # fmt: skip
+                          batch_size=optim.batch_size, pad_id=pad_id, resources=resources,
+                          n_examples=len(data))  # fmt: skip
     methods.setup(ctx)  # in the caller's mode (eval: no dropout in statistics taken at θ_aligned)
     ctx.frozen = True
     model.train()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +120,11 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         raise ConfigError(f"data.max_length: {cfg.data.max_length} leaves no response token in any training example")
     scorer = Scorer(tok, fmt, sets, cfg.eval, max_length=cfg.data.max_length)
     methods = build_methods(cfg.method)
+    distance = Distance(model)  # θ_aligned, before anything trains
     checks = None
     if cfg.trial.check_every:
         probe = Scorer(tok, fmt, _probe_sets(sets, cfg.trial.check_limit), cfg.eval, max_length=cfg.data.max_length)
-        checks = TrialChecks(cfg, probe, methods, model)
+        checks = TrialChecks(cfg, probe, methods, model, distance)
     where.checks = checks
     resources = build_resources(methods, fmt, n_user=len(train_set), max_length=cfg.data.max_length, world=world,
                                 base_path=base_path, seed=cfg.seed)  # fmt: skip
@@ -165,13 +168,20 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         metrics["eval_weights"] = "method" if swapped else "live"
         with methods.eval_weights():
             scored = scorer.score(model, progress=progress)
+            metrics.update(distance())
             if cfg.output.save_eval_weights:
                 _save_weights(model, run_dir / "weights" / "eval.safetensors")
+            for alpha in cfg.eval.interpolate:  # the line from θ_aligned through the evaluated weights
+                with distance.at(alpha):
+                    point = scorer.score(model, progress=progress)
+                    tag = f"interp/{alpha:g}"
+                    metrics.update({f"{tag}/{k}": v for k, v in {**point.metrics, **distance()}.items()})
+                    generations += [{**g, "weights": tag} for g in point.generations]
         metrics.update(scored.metrics)
         generations += [{**g, "weights": metrics["eval_weights"]} for g in scored.generations]
         if cfg.eval.also_live and swapped:
             live = scorer.score(model, progress=progress, drafts=scored.tokens)  # the EMA's answers as drafts
-            metrics.update({f"live/{k}": v for k, v in live.metrics.items()})
+            metrics.update({f"live/{k}": v for k, v in {**live.metrics, **distance()}.items()})
             generations += [{**g, "weights": "live"} for g in live.generations]
         if cfg.output.save_final:
             _save_weights(model, run_dir / "weights" / "final.safetensors")
@@ -179,6 +189,8 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     metrics["wall_time_s"] = time.perf_counter() - start
     metrics["versions"] = versions()
     atomic_write_jsonl(run_dir / "generations.jsonl", generations)
+    if checks is not None:
+        atomic_write_jsonl(run_dir / "checks.jsonl", checks.history)
     atomic_write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished trial
     log.info("trial %s: %s", result.status, _summary(metrics))
     return metrics
@@ -188,14 +200,52 @@ def _probe_sets(sets: EvalSets, limit: int) -> EvalSets:
     return EvalSets(**{f.name: (v[:limit] if (v := getattr(sets, f.name)) else v) for f in dataclasses.fields(sets)})
 
 
+class Distance:
+    """‖θ − θ_aligned‖₂ over the trainable scope (all weights, or the adapters under LoRA), absolute and relative to
+    ‖θ_aligned‖. The snapshot is taken at construction, on the host in the weights' own dtype (exact, and no
+    accelerator memory); differences are summed in fp32 on the weights' device, with one sync per call."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.start = [p.detach().to("cpu", copy=True) for p in self.params]
+        self.norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(s.float())
+                                                                for s in self.start])))  # fmt: skip
+
+    @torch.no_grad()
+    def __call__(self) -> dict[str, float]:
+        """The distance of the weights live now (call inside methods.eval_weights() for the evaluated ones)."""
+        parts = [torch.linalg.vector_norm(p.detach().float() - s.to(p.device).float())
+                 for p, s in zip(self.params, self.start, strict=True)]  # fmt: skip
+        d = float(torch.linalg.vector_norm(torch.stack([x.to(parts[0].device) for x in parts])))
+        return {"distance_l2": d, "distance_rel": d / self.norm if self.norm > 0 else float("nan")}
+
+    @contextlib.contextmanager
+    @torch.no_grad()
+    def at(self, alpha: float) -> Iterator[None]:
+        """The weights θ_aligned + α·(θ − θ_aligned) live inside (θ: the weights live on entry, kept on the host
+        meanwhile). torch.lerp is exact at both ends, so α = 0 and α = 1 are θ_aligned and θ bit for bit."""
+        live = [p.detach().to("cpu", copy=True) for p in self.params]
+        for p, s, t in zip(self.params, self.start, live, strict=True):
+            p.copy_(torch.lerp(s.to(p.device).float(), t.to(p.device).float(), alpha))
+        try:
+            yield
+        finally:
+            for p, t in zip(self.params, live, strict=True):
+                p.copy_(t)
+
+
 class TrialChecks:
     """`on_step` callback: every `trial.check_every` steps score a probe set; report to the study (one objective:
-    the pruner decides) and stop when a `trial.stop_if` bound is exceeded (any number of objectives)."""
+    the pruner decides) and stop when a `trial.stop_if` bound is exceeded (any number of objectives). Each check,
+    with the distance from θ_aligned, is one row of `history` (the run dir's checks.jsonl)."""
 
-    def __init__(self, cfg: TrainConfig, probe: Scorer, methods, model) -> None:
-        self.cfg, self.probe, self.methods, self.model = cfg.trial, probe, methods, model
+    def __init__(self, cfg: TrainConfig, probe: Scorer, methods, model, distance: Distance) -> None:
+        self.cfg, self.probe, self.methods, self.model, self.distance = cfg.trial, probe, methods, model, distance
+        self.history: list[dict[str, float]] = []
         self.metrics = list(dict.fromkeys([self.cfg.check_metric, *self.cfg.stop_if]))
         missing = [m for m in self.metrics if m not in probe.available()]
+        if "safety_loss" in probe.available():  # the safety curve is always kept: an NLL on the probe, cheap
+            self.metrics = list(dict.fromkeys([*self.metrics, "safety_loss"]))
         if missing:  # validate() saw the data set configured; its rows may still lack what the metric needs
             raise ConfigError(f"trial.check_metric / trial.stop_if: no probe examples for {missing} in the loaded "
                               "data (utility_acc needs rows with an answer)")  # fmt: skip
@@ -219,7 +269,8 @@ class TrialChecks:
         if step % self.cfg.check_every:
             return False
         with self.methods.eval_weights():
-            self.last = self.probe.score(self.model, self.metrics).metrics
+            self.last = {**self.probe.score(self.model, self.metrics).metrics, **self.distance()}
+        self.history.append({"step": step, "loss": loss, **self.last})
         value = self.last[self.cfg.check_metric]
         log.info("check at step %d: %s", step, {k: round(v, 4) for k, v in self.last.items() if k in self.metrics})
         if self.optuna_trial is not None:

@@ -8,6 +8,7 @@ checks values (ranges, choices, files, registries) and reports every problem at 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 from hydra.core.config_store import ConfigStore
@@ -207,6 +208,9 @@ def validate(cfg: TrainConfig) -> None:
     _positive(errors, "eval.nll_batch_size", e.nll_batch_size)
     _positive(errors, "eval.accuracy_max_new_tokens", e.accuracy_max_new_tokens)
     _positive(errors, "eval.accuracy_limit", e.accuracy_limit, optional=True)
+    bad = [a for a in e.interpolate if not math.isfinite(a)]
+    if bad or len({f"{a:g}" for a in e.interpolate}) != len(e.interpolate):
+        errors.append(f"eval.interpolate: α values must be finite and distinct, got {list(e.interpolate)}")
     if e.accuracy not in _CHECKERS:
         errors.append(f"eval.accuracy: '{e.accuracy}' is not one of {sorted(c for c in _CHECKERS if c)} or null")
     _check_trial(errors, cfg, METRICS)

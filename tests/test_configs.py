@@ -117,7 +117,7 @@ def test_method_entries_compose_and_override() -> None:
     """`method` maps names to their settings: method=[ema] composes conf/method/ema.yaml, overrides reach it."""
     cfg = to_train_config(_compose(["method=[ema]", "method.ema.eta=0.5", "method.ema.mode=writeback"]))
     assert cfg.method == {"ema": {"_target_": "sweeps.methods.EMA", "eta": 0.5, "every": 1, "mode": "writeback",
-                                  "include": None}}  # fmt: skip
+                                  "include": None, "convention": "new", "updates": None, "init": "start"}}  # fmt: skip
     validate(cfg)
     with pytest.raises(ConfigError, match=r"method\.ema: got an unexpected keyword argument 'etta'"):
         validate(to_train_config(_compose(["method=[ema]", "+method.ema.etta=0.5"])))

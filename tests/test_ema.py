@@ -172,3 +172,108 @@ def test_two_instances_keep_separate_state_and_metrics_and_swap_flag_is_per_inst
     assert [d["name"] for d in stack.described] == ["slow", "fast"]
     assert stack.described[1] == {"name": "fast", "target": "sweeps.methods.EMA",
                                   "args": {"eta": 0.9, "mode": "writeback"}}
+
+
+def _scalar_run(ema: EMA, values: list[float], *, steps_total: int | None = None, n_examples: int | None = None,
+                batch_size: int = 1, grad_accum: int = 1) -> list[float]:  # fmt: skip
+    """Drive one EMA over a one-parameter model whose weight is set to values[s-1] at step s; θ̄ after each step."""
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(2.0)  # θ_aligned
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ema.setup(TrainingContext(model, opt, total_steps=steps_total or len(values), grad_accum=grad_accum,
+                              batch_size=batch_size, pad_id=0, n_examples=n_examples))  # fmt: skip
+    out = []
+    for step, v in enumerate(values, 1):
+        with torch.no_grad():
+            model.weight.fill_(v)
+        ema.after_step(step)
+        out.append(ema.shadow[0].item())
+    return out
+
+
+def test_each_convention_against_a_hand_computation_over_three_steps() -> None:
+    values = [4.0, 0.0, 8.0]  # θ_1, θ_2, θ_3 with θ_aligned = 2
+    # new: θ̄ ← (1 − η)·θ̄ + η·θ, η = 0.25:  1.5 + 1 = 2.5;  1.875 + 0 = 1.875;  1.40625 + 2 = 3.40625
+    assert _scalar_run(EMA(eta=0.25), values) == pytest.approx([2.5, 1.875, 3.40625])
+    # old: θ̄ ← η·θ̄ + (1 − η)·θ, η = 0.75 (the same average):  the same numbers
+    assert _scalar_run(EMA(eta=0.75, convention="old"), values) == pytest.approx([2.5, 1.875, 3.40625])
+    # old with η = 0.25 weights the NEW parameters by 0.75:  0.5 + 3 = 3.5;  0.875 + 0 = 0.875;  0.21875 + 6
+    assert _scalar_run(EMA(eta=0.25, convention="old"), values) == pytest.approx([3.5, 0.875, 6.21875])
+    # init first: θ̄ = θ_1 at the first update, then η = 0.25 on the new:  4;  3 + 0 = 3;  2.25 + 2 = 4.25
+    assert _scalar_run(EMA(eta=0.25, init="first"), values) == pytest.approx([4.0, 3.0, 4.25])
+    ema = EMA(eta=0.25, convention="old")
+    _scalar_run(ema, values)
+    assert ema.metrics() == {"eta": 0.25, "weight_new": 0.75, "interval": 1.0, "updates": 3.0}
+
+
+def test_per_epoch_updates_count_correctly_with_accumulation() -> None:
+    # 10 examples, batch 2 × accumulation 2 = 4 per optimiser step: an epoch is ceil(10 / 4) = 3 steps
+    ema = EMA(eta=0.5, every="epoch")
+    _scalar_run(ema, [float(s) for s in range(1, 10)], n_examples=10, batch_size=2, grad_accum=2)
+    assert ema.interval == 3 and ema.updates == 3  # steps 3, 6, 9
+    assert ema.metrics()["interval"] == 3.0
+    # through the real loop: 9 steps of 4 examples over 10 examples (3 epochs of 3 steps)
+    stack = MethodStack([EMA(eta=0.5, every="epoch")])
+    optim = OptimConfig(lr=1e-2, batch_size=2, grad_accum=2, max_steps=9)
+    train(TinyLM(), _data(10), optim, stack, pad_id=0, progress=False)
+    assert stack.metrics()["ema/updates"] == 3
+
+
+def test_a_fixed_number_of_updates_is_spread_evenly_and_ends_on_the_last_step() -> None:
+    ema = EMA(eta=0.5, updates=3)
+    _scalar_run(ema, [float(s) for s in range(1, 11)])
+    assert [s for s in range(1, 11) if ema.due(s)] == [4, 7, 10]
+    assert ema.updates == 3 and ema.metrics()["interval"] == pytest.approx(10 / 3)
+    many = EMA(eta=0.5, updates=50)  # more updates than steps: every step
+    _scalar_run(many, [1.0] * 5)
+    assert many.updates == 5
+
+
+def test_default_ema_is_todays_every_step_new_weight_update() -> None:
+    ema = EMA()
+    assert (ema.eta, ema.every, ema.convention, ema.init, ema.n_updates) == (0.25, 1, "new", "start", None)
+    assert _scalar_run(ema, [4.0, 0.0, 8.0]) == pytest.approx([2.5, 1.875, 3.40625])
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    ({"convention": "newest"}, "convention"), ({"every": "week"}, "every"), ({"every": 0}, "every"),
+    ({"updates": 0}, "updates"), ({"updates": 10, "every": 5}, "updates"), ({"init": "end"}, "init"),
+    ({"eta": True}, "eta"),
+])  # fmt: skip
+def test_bad_design_space_values_are_one_line_naming_the_key(args: dict, key: str) -> None:
+    errors = known_method_errors({"ema": {"_target_": "sweeps.methods.EMA", **args}})
+    assert len(errors) == 1 and errors[0].startswith(f"method.ema.{key}:"), errors
+
+
+def test_analysis_labels_name_the_design_choices() -> None:
+    from analysis.load import methods_label
+
+    def ema(**args) -> list[dict]:
+        return [{"name": "ema", "target": "sweeps.methods.EMA", "args": args}]
+
+    full_defaults = {"eta": 0.25, "convention": "new", "every": 1, "updates": None, "init": "start", "mode": "shadow"}
+    assert methods_label(ema(**full_defaults)) == "EMA η=0.25"  # today's label for today's recipe
+    assert methods_label(ema(**{**full_defaults, "every": "epoch"})) == "EMA η=0.25 every epoch"
+    assert methods_label(ema(eta=0.99, convention="old", updates=20)) == "EMA η=0.99 old-convention 20 updates"
+    assert methods_label(ema(eta=0.5, init="first")) == "EMA η=0.5 init first"
+    assert methods_label(ema(eta=0.0, convention="old")) == "SFT"  # old convention: η = 0 keeps no memory
+    assert methods_label(ema(eta=1.0, convention="old")) == "EMA η=1 old-convention"  # never moves: not off
+
+
+def test_design_space_is_sweepable_from_the_command_line() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.config import ConfigError
+    from sweeps.validate import to_train_config, validate
+    from tests.conftest import ROOT
+
+    def cfg(*overrides: str):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return to_train_config(compose("train", ["method=[ema]", *overrides]))
+
+    ok = cfg("method.ema.every=epoch", "method.ema.convention=old", "method.ema.eta=0.9", "method.ema.init=first")
+    validate(ok)
+    assert build_methods(ok.method).methods[0].every == "epoch"
+    with pytest.raises(ConfigError, match=r"method\.ema\.every: must be an integer >= 1 or 'epoch', got 'week'"):
+        validate(cfg("method.ema.every=week"))

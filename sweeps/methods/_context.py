@@ -77,8 +77,10 @@ class Resources:
 
 class TrainingContext:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, total_steps: int, grad_accum: int,
-                 batch_size: int, pad_id: int, resources: Resources | None = None) -> None:  # fmt: skip
+                 batch_size: int, pad_id: int, resources: Resources | None = None,
+                 n_examples: int | None = None) -> None:  # fmt: skip
         self.model, self.optimizer = model, optimizer
+        self.n_examples = n_examples  # training-set size (per-epoch schedules); None when the caller did not say
         self.params: dict[str, nn.Parameter] = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.total_steps, self.grad_accum, self.batch_size, self.pad_id = total_steps, grad_accum, batch_size, pad_id
         self.device = next(model.parameters()).device

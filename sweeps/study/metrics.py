@@ -16,6 +16,8 @@ ROLE = {"asr": "harmful", "safety_loss": "refusal", "compliance_loss": "complian
 # numeric on every trial that reaches training (strings, None-when-completed and pruning-only keys left out)
 TRAIN_METRICS = ("steps", "effective_batch_size", "train_tokens", "train_time_s", "tokens_per_s", "final_train_loss",
                  "n_train", "n_poison", "seed", "lr", "batch_size", "grad_accum", "wall_time_s")  # fmt: skip
+# the evaluated weights' distance from θ_aligned (sweeps.trial.Distance); also under live/ and check/
+DISTANCE = ("distance_l2", "distance_rel")
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -69,14 +71,18 @@ def available_metrics(cfg: Any) -> set[str]:
     """Every numeric metrics.json key a completed trial of `cfg` (TrainConfig or composed DictConfig) writes."""
     evaluation = _evaluation(scorer_metrics(cfg))
     method_metrics, swaps = _methods(_get(cfg, "method"))
-    out = {*TRAIN_METRICS, *evaluation, *method_metrics, *truncation_metrics(cfg)}
+    out = {*TRAIN_METRICS, *evaluation, *DISTANCE, *method_metrics, *truncation_metrics(cfg)}
     if _get(cfg, "eval.baseline"):
         out |= {f"start/{m}" for m in evaluation}
     if _get(cfg, "eval.also_live") and swaps:
-        out |= {f"live/{m}" for m in evaluation}
+        out |= {f"live/{m}" for m in [*evaluation, *DISTANCE]}
+    for alpha in _get(cfg, "eval.interpolate") or []:
+        out |= {f"interp/{float(alpha):g}/{m}" for m in [*evaluation, *DISTANCE]}
     if _get(cfg, "trial.check_every"):
         checked = list(dict.fromkeys([_get(cfg, "trial.check_metric"), *(_get(cfg, "trial.stop_if") or {})]))
-        out |= {f"check/{m}" for m in _evaluation(checked)}
+        if "safety_loss" in scorer_metrics(cfg):  # sweeps.trial.TrialChecks always adds the safety curve
+            checked = list(dict.fromkeys([*checked, "safety_loss"]))
+        out |= {f"check/{m}" for m in [*_evaluation(checked), *DISTANCE]}
     return out
 
 

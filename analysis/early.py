@@ -1,0 +1,98 @@
+"""Early signals: does a trial's value at its first intermediate checks rank trials the way their final ASR does?
+
+Trials with `trial.check_every` write checks.jsonl (one row per check: step, the checked metrics, distance_l2 /
+distance_rel from θ_aligned). For each early fraction f of the run (default 10 % and 25 % of the steps), a trial's
+early value is its last check at step ≤ f·steps; the Spearman rank correlation between early values and the final
+target across the study's trials, with a percentile bootstrap interval over trials, says whether the cheap early
+number could stand in for the expensive final one (pruning, or stopping a bad recipe at 10 % of its budget).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from analysis.errors import AnalysisError
+
+__all__ = ["early_signals", "load_checks", "spearman_ci"]
+
+
+def load_checks(trials: pd.DataFrame) -> pd.DataFrame:
+    """checks.jsonl of every trial with a run_dir, long form: one row per (trial, check), `trial` = the row index."""
+    rows = []
+    for index, run_dir in trials.get("run_dir", pd.Series(dtype=object)).items():
+        path = Path(str(run_dir)) / "checks.jsonl" if isinstance(run_dir, str | Path) else None
+        if path is None or not path.is_file():
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                rows.append({"trial": index, **json.loads(line)})
+            except json.JSONDecodeError as e:
+                raise AnalysisError(f"{path}:{n}: not a JSON line ({e.msg})") from None
+    return pd.DataFrame(rows)
+
+
+def spearman_ci(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, level: float = 0.95,
+                seed: int = 0) -> tuple[float, float, float]:  # fmt: skip
+    """(ρ, lo, hi): Spearman's ρ and a percentile bootstrap interval, resampling (x, y) pairs. Resamples whose x or
+    y is constant (ρ undefined) are left out; nan where fewer than three pairs or no resample is defined."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan"), float("nan")
+    rho = float(spearmanr(x, y).statistic)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    # ρ is Pearson's r on ranks; scipy's vectorised spearmanr over resamples would warn on every constant one
+    boots = []
+    for i in idx:
+        xs, ys = x[i], y[i]
+        if np.ptp(xs) > 0 and np.ptp(ys) > 0:
+            boots.append(spearmanr(xs, ys).statistic)
+    if not boots:
+        return rho, float("nan"), float("nan")
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return rho, float(lo), float(hi)
+
+
+def early_signals(trials: pd.DataFrame, checks: pd.DataFrame | None = None, metrics: Sequence[str] | None = None,
+                  fractions: Sequence[float] = (0.1, 0.25), target: str = "asr", n_boot: int = 2000,
+                  level: float = 0.95, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """One row per (checked metric, fraction): n trials, Spearman ρ of early value vs final `target`, its interval.
+
+    trials: one row per trial with `steps` and `target` (analysis.load.load's table); checks: load_checks(trials)
+    unless given (columns trial, step, and the metrics); metrics: the checked columns (default: all but trial, step).
+    """
+    for col in ("steps", target):
+        if col not in trials.columns:
+            raise AnalysisError(f"early signals: the trials table has no column '{col}'")
+    checks = load_checks(trials) if checks is None else checks
+    if checks.empty:
+        raise AnalysisError("early signals: no trial has intermediate checks (run with trial.check_every=N)")
+    metrics = list(metrics) if metrics is not None else [c for c in checks.columns if c not in ("trial", "step")]
+    missing = [m for m in metrics if m not in checks.columns]
+    if missing:
+        raise AnalysisError(f"early signals: no checked metric {missing}; checked: "
+                            f"{[c for c in checks.columns if c not in ('trial', 'step')]}")  # fmt: skip
+    final = pd.to_numeric(trials[target], errors="coerce")
+    steps = pd.to_numeric(trials["steps"], errors="coerce")
+    out = []
+    for metric in metrics:
+        for f in fractions:
+            x, y = [], []
+            for trial, group in checks.groupby("trial"):
+                if trial not in final.index or not np.isfinite(final[trial]) or not np.isfinite(steps[trial]):
+                    continue
+                early = group[group["step"] <= f * steps[trial]].sort_values("step")
+                value = pd.to_numeric(early[metric], errors="coerce").dropna()
+                if len(value):
+                    x.append(float(value.iloc[-1]))
+                    y.append(float(final[trial]))
+            rho, lo, hi = spearman_ci(x, y, n_boot, level, seed)
+            out.append({"metric": metric, "fraction": f, "target": target, "n": len(x), "spearman": rho,
+                        "lo": lo, "hi": hi})  # fmt: skip
+    return pd.DataFrame(out)
