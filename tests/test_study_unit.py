@@ -267,8 +267,8 @@ def test_shipped_search_spaces_pass_the_sweeper_checks(tmp_path, name: str) -> N
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sweeps.config import ConfigError, validate
-    from sweeps.train import to_train_config
+    from sweeps.config import ConfigError
+    from sweeps.validate import to_train_config, validate
 
     def trial_config(overrides: list[str]):
         return to_train_config(compose("train", [f"search_space={name}", *overrides]))

@@ -123,8 +123,8 @@ TINY = ["optim.max_steps=2", "eval.asr.limit=4", "data.utility.limit=8", "data.o
 
 
 def test_truncation_counts_reach_metrics_json(tmp_path, toy_root, caplog) -> None:
-    from sweeps.train import to_train_config
     from sweeps.trial import run_trial
+    from sweeps.validate import to_train_config
 
     refusals = tmp_path / "refusals.jsonl"  # an alignment stage on the toy θ_aligned, with over-long prompts
     refusals.write_text("".join(json.dumps({"prompt": FILLER + str(i), "response": "i cannot help"}) + "\n"

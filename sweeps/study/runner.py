@@ -388,6 +388,8 @@ class Sweep:
             study = optuna.load_study(study_name=self.s.study_name, storage=open_storage(self.url))
         except KeyError:  # no such study yet
             return False
+        except StorageError as e:
+            raise SweepError(str(e)) from None
         ours = fingerprint(self.space, self.fixed, self.objectives, sorted(self.s.constraints))
         same = (study.user_attrs.get("fingerprint") or {}).get("hash") == ours["hash"]
         return same and budget_used(study) >= self.s.n_trials and not _counted(study, (TrialState.RUNNING,))
