@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from analysis import figures, tables
+from analysis import curves, figures, tables
 from analysis._io import atomic_write_text, slug
 from analysis.errors import AnalysisError
 from analysis.pareto import (
@@ -66,7 +66,7 @@ def write_report(trials: pd.DataFrame, out_dir: str | Path, opts: ReportOptions 
     recipes = aggregate_seeds(trials, obj, opts.extra_metrics, opts.level)
     extra = [m for m in opts.extra_metrics if m in recipes]
     entries: list[_Entry] = []
-    steps = tqdm(total=9, desc="report", disable=not opts.progress, leave=False)
+    steps = tqdm(total=10, desc="report", disable=not opts.progress, leave=False)
 
     def done(entry: _Entry | None) -> None:
         if entry is not None and entry.files:
@@ -136,7 +136,7 @@ def write_report(trials: pd.DataFrame, out_dir: str | Path, opts: ReportOptions 
                 "reference point for all)."))  # fmt: skip
     # hyperparameter effects: per study (studies may differ in everything else), heatmaps also per method
     several = trials["study"].nunique() > 1
-    heat, curves = [], []
+    heat, lr_curves = [], []
     for study, st in trials.groupby("study", sort=True):
         tag = f"_{slug(study)}" if several else ""
         if {"lr", "effective_batch_size"} <= set(st) and st[["lr", "effective_batch_size"]].notna().any().all():
@@ -144,13 +144,22 @@ def write_report(trials: pd.DataFrame, out_dir: str | Path, opts: ReportOptions 
                 name = f"{study}: {m}" if several else str(m)
                 heat += figures.heatmaps(sub, out / f"heatmap{tag}_{slug(m)}", obj[:3], title=name, bins_from=st)
         if "lr" in st and st["lr"].notna().any():
-            curves += figures.metric_vs_lr(st, out / f"vs_lr{tag}", obj[:3], by="eta", level=opts.level,
+            lr_curves += figures.metric_vs_lr(st, out / f"vs_lr{tag}", obj[:3], by="eta", level=opts.level,
                                            title=str(study) if several else None)  # fmt: skip
     done(_Entry("lr × effective batch size", heat, "Mean over the trials in each cell (seeds, and any other "
                 "parameter that varies there); one figure per method."))  # fmt: skip
-    done(_Entry("Metrics vs learning rate per EMA η", curves, "Mean over the trials in each lr bin (seeds, and any "
+    done(_Entry("Metrics vs learning rate per EMA η", lr_curves, "Mean over the trials in each lr bin (seeds, and any "
                 f"other parameter that varies there); band: {opts.level:.0%} Student-t interval where a bin holds "
                 "two or more trials."))  # fmt: skip
+    logs = curves.training_logs(trials)
+    files = curves.training_curves(logs, out / "training_curves")
+    if files:
+        logs_csv = out / "training_logs.csv"
+        atomic_write_text(logs_csv, logs.to_csv(index=False))
+        files.append(logs_csv)
+    done(_Entry("Training curves", files, f"Loss and gradient norm per optimiser step (each run dir's train_log.jsonl) "
+                f"of {logs.groupby(['study', 'trial']).ngroups if len(logs) else 0} trial(s), one colour per "
+                "method."))  # fmt: skip
     steps.close()
     return _write_index(out, entries, trials, obj)
 

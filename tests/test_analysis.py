@@ -535,3 +535,33 @@ def test_cli_subprocess_front_and_report(tmp_path) -> None:
     proc = subprocess.run([PYTHON, "-m", "analysis", "front", str(tmp_path / "nope")], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_training_curves_read_every_logged_trial_and_reach_the_report(tmp_path) -> None:
+    from analysis import curves
+
+    df = synthetic_trials(n=6, seeds_per_recipe=1)
+    logged = []
+    for i, row in enumerate(df.itertuples()):
+        run = tmp_path / "runs" / str(i)
+        run.mkdir(parents=True)
+        if i % 3 == 2:  # a trial without a log (pruned before its first step, an old run dir) is left out
+            df.loc[row.Index, "run_dir"] = str(run)
+            continue
+        lines = [json.dumps({"step": s, "loss": 2.0 / s + i, "grad_norm": 1.0 + s, "lr": 1e-3}) for s in (1, 2, 3)]
+        text = "\n".join(lines) + ("\n{\"step\": 4, \"lo" if i == 0 else "\n")  # trial 0 is still writing
+        (run / "train_log.jsonl").write_text(text)
+        df.loc[row.Index, "run_dir"] = str(run)
+        logged.append((row.study, row.trial))
+    logs = curves.training_logs(df)
+    assert sorted(set(zip(logs["study"], logs["trial"], strict=True))) == sorted(logged)
+    assert len(logs) == 3 * len(logged)  # the half-written line is skipped
+    assert logs.groupby(["study", "trial"])["step"].apply(list).map(lambda s: s == [1, 2, 3]).all()
+    files = curves.training_curves(logs, tmp_path / "curves")
+    assert [p.suffix for p in files] == [".pdf", ".png"] and _is_png(files[1])
+    assert curves.training_curves(logs.iloc[:0], tmp_path / "none") == []
+
+    index = write_report(df, tmp_path / "report", ReportOptions(objectives=ASR_UTIL, progress=False))
+    text = index.read_text()
+    assert "Training curves" in text and "training_curves.png" in text
+    assert (tmp_path / "report" / "training_logs.csv").is_file()
