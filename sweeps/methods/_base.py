@@ -6,7 +6,10 @@
                                  hidden states (sweeps.methods._context); compute Fisher, stored logits, ...
     per optimiser step:
       before_step(step, batches) before any forward of the step; `batches` are its user micro-batches. May move
-                                 the weights (Refresh's unlearning move) but must leave `.grad` empty.
+                                 the weights (Refresh's unlearning move) but must leave `.grad` empty. May
+                                 replace the micro-batches' contents in place (`batch.clear(); batch.update(..)`:
+                                 Lisa's alignment phase trains on safety batches instead); the loop's token weights
+                                 and the log's `tokens.train` still come from the user rows it drew.
       per micro-batch:
         extra_loss(model, batch, outputs)  a term on the USER batch (LwF), added to that micro-batch's loss and
                                  scaled by 1/grad_accum like it; `outputs.hidden_states` when capture_hidden()

@@ -1,0 +1,79 @@
+"""Safety baselines: Lisa's phase schedule and anchors, SafeLoRA's projection rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sweeps.formatting import Encoded
+from sweeps.methods import Resources, TrainingContext
+from sweeps.methods.lisa import ALIGN, FINETUNE, Lisa, LisaSchedule
+
+
+def test_lisa_schedule_alternates_alignment_first_like_the_reference() -> None:
+    s = LisaSchedule(2, 3)
+    phases = [s.advance()[0] for _ in range(12)]
+    a, f = ALIGN, FINETUNE
+    assert phases == [a, a, f, f, f, a, a, f, f, f, a, a]
+    assert [LisaSchedule(0, 3).advance()[0] for _ in range(3)] == [f, f, f]  # no alignment: plain fine-tuning
+    s = LisaSchedule(2, 0)
+    assert [s.advance()[0] for _ in range(4)] == [a] * 4
+
+
+def _lisa(total: int, **kw):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2, bias=False)
+    safety = [Encoded([1, 2, 3], [-100, 2, 3])]
+    lisa = Lisa(safety={"source": "toy", "name": "safety"}, **kw)
+    ctx = TrainingContext(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=total, grad_accum=1,
+                          batch_size=1, pad_id=0, resources=Resources({"lisa.safety": safety}))  # fmt: skip
+    lisa.setup(ctx)
+    return model, lisa
+
+
+def test_lisa_anchor_is_the_last_weights_of_the_other_phase_and_batches_are_swapped() -> None:
+    model, lisa = _lisa(10, align_steps=2, finetune_steps=2, rho=0.5, warmup=0.1)
+    w = model.weight
+    start = w.detach().clone()
+    ends = {}
+    for step in range(1, 7):
+        user = {"input_ids": torch.tensor([[7, 8]]), "labels": torch.tensor([[-100, 8]])}
+        lisa.before_step(step, [user])
+        phase = lisa.phase
+        if phase == ALIGN:  # the user batch was replaced by the safety stream's
+            assert user["input_ids"].tolist() == [[1, 2, 3]]
+        else:
+            assert user["input_ids"].tolist() == [[7, 8]]
+        w.grad = None
+        lisa.after_backward(model)
+        # the other phase's last weights (θ_aligned before the other phase has run); none in the first 10 %
+        anchor = ends.get(FINETUNE if phase == ALIGN else ALIGN, start)
+        if step <= 2:  # the reference's `steps > 0.1 * total` with 0-based steps: from step 3 of 10
+            assert w.grad is None
+        else:
+            torch.testing.assert_close(w.grad, 0.5 * (w.detach() - anchor))
+            torch.testing.assert_close(lisa.proximal, 0.25 * (w.detach() - anchor).square().sum())
+        with torch.no_grad():
+            w.add_(torch.full_like(w, float(step)))  # a distinct move per step
+        ends[phase] = w.detach().clone()
+    assert lisa.metrics()["align_steps"] == 4.0  # steps 1, 2, 5, 6
+
+
+def test_lisa_state_restores_the_clock_and_anchors() -> None:
+    model, lisa = _lisa(10, align_steps=2, finetune_steps=3)
+    for step in range(1, 4):
+        lisa.before_step(step, [{"input_ids": torch.tensor([[7]]), "labels": torch.tensor([[7]])}])
+        with torch.no_grad():
+            model.weight.add_(1.0)
+    _, other = _lisa(10, align_steps=2, finetune_steps=3)
+    other.load_state_dict(lisa.state_dict())
+    assert [other.schedule.advance()[0] for _ in range(4)] == [lisa.schedule.advance()[0] for _ in range(4)]
+    torch.testing.assert_close(other.anchors[ALIGN]["weight"], lisa.anchors[ALIGN]["weight"])
+
+
+def test_lisa_bad_arguments_are_one_line_each() -> None:
+    errors = Lisa.check_args({"rho": -1.0, "align_steps": 1.5, "warmup": 2})
+    assert [e.split(":")[0] for e in errors] == ["rho", "align_steps", "warmup"]
+    with pytest.raises(ValueError, match="finetune_steps"):
+        Lisa(finetune_steps=-1)
