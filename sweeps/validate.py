@@ -214,7 +214,7 @@ def validate(cfg: TrainConfig) -> None:
     if e.judge not in JUDGES:
         errors.append(f"eval.judge: '{e.judge}' is not a known judge (available: {', '.join(JUDGES)})")
 
-    errors.extend(known_method_errors(cfg.method))
+    errors.extend(known_method_errors(cfg.method, lora=m.lora.enabled))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 

@@ -77,3 +77,51 @@ def test_lisa_bad_arguments_are_one_line_each() -> None:
     assert [e.split(":")[0] for e in errors] == ["rho", "align_steps", "warmup"]
     with pytest.raises(ValueError, match="finetune_steps"):
         Lisa(finetune_steps=-1)
+
+
+def _tiny_modules():
+    v = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # ‖V‖_F = 2: C = V·Vᵀ/2 = 2·e1·e1ᵀ
+    a = torch.tensor([[1.0, 2.0]])
+    inside = torch.tensor([[1.0], [0.0], [0.0]])  # ΔW in the alignment subspace: cos = 1
+    outside = torch.tensor([[0.1], [1.0], [0.0]])  # mostly outside it: cos ≈ 0.0995
+    return v, {"in": (lambda: v, a, inside.clone()), "out": (lambda: v, a, outside.clone())}, inside, outside
+
+
+def test_safelora_projects_only_below_the_threshold_and_exactly() -> None:
+    from sweeps.methods.safelora import safelora
+
+    v, modules, _, outside = _tiny_modules()
+    new_b, cos = safelora(modules, mode="threshold", threshold=0.5)
+    assert cos["in"] == pytest.approx(1.0) and cos["out"] == pytest.approx(0.1 / 1.01**0.5, rel=1e-5)
+    assert set(new_b) == {"out"}  # above the threshold: untouched
+    c = v @ v.T / torch.linalg.matrix_norm(v)
+    torch.testing.assert_close(new_b["out"], c @ outside)
+    torch.testing.assert_close(new_b["out"], torch.tensor([[0.2], [0.0], [0.0]]))
+    assert set(safelora(modules, mode="threshold", threshold=1.0)[0]) == {"in", "out"}  # cos ≤ threshold
+    assert set(safelora(modules, mode="layers", layers=1)[0]) == {"out"}  # the lowest cosine
+
+
+def test_safelora_command_on_saved_adapters(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from sweeps.safelora import main
+
+    v, _, inside, outside = _tiny_modules()
+    base = {"l0.q.weight": torch.zeros(3, 2), "l1.q.weight": torch.ones(3, 2)}
+    aligned = {k: t + v for k, t in base.items()}
+    a = torch.tensor([[1.0, 2.0]])
+    p = "base_model.model."
+    adapter = {f"{p}l0.q.lora_A.default.weight": a, f"{p}l0.q.lora_B.default.weight": inside,
+               f"{p}l1.q.lora_A.default.weight": a.clone(), f"{p}l1.q.lora_B.default.weight": outside}
+    for name, tensors in (("base", base), ("aligned", aligned), ("adapter", adapter)):
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"))
+    args = ["--base", str(tmp_path / "base.safetensors"), "--aligned", str(tmp_path / "aligned.safetensors"),
+            "--adapter", str(tmp_path / "adapter.safetensors"), "--out", str(tmp_path / "out.safetensors")]
+    assert main(args) == 0
+    out = load_file(str(tmp_path / "out.safetensors"))
+    assert torch.equal(out["base_model.model.l0.q.lora_B.default.weight"], inside)
+    torch.testing.assert_close(out["base_model.model.l1.q.lora_B.default.weight"], torch.tensor([[0.2], [0.0], [0.0]]))
+    torch.testing.assert_close(out["base_model.model.l1.q.lora_A.default.weight"], a)
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "full.safetensors"))  # full fine-tuning weights: one line, exit 2
+    assert main([*args[:4], "--adapter", str(tmp_path / "full.safetensors"), "--out", str(tmp_path / "o2")]) == 2
+    assert not (tmp_path / "o2").exists()

@@ -12,6 +12,8 @@ from sweeps.methods.lisa import Lisa
 from sweeps.methods.lwf import LwF
 from sweeps.methods.magmax import MagMax
 from sweeps.methods.refresh import Refresh
+from sweeps.methods.safelora import SafeLoRA
 
 __all__ = ["AGEM", "DER", "EMA", "EWC", "REGISTRY", "DERpp", "Lisa", "LwF", "MagMax", "MethodStack", "Refresh",
-           "Resources", "Stream", "TrainingContext", "TrainingMethod", "build_methods", "known_method_errors"]
+           "Resources", "SafeLoRA", "Stream", "TrainingContext", "TrainingMethod", "build_methods",
+           "known_method_errors"]
