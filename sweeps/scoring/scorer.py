@@ -20,7 +20,7 @@ from sweeps.data import Example
 from sweeps.formatting import Encoded, PromptFormatter, Truncation
 from sweeps.scoring.accuracy import CHECKERS
 from sweeps.scoring.generate import DRAFT_ROUNDS, generate
-from sweeps.scoring.judges import JUDGES, Judge, KeywordJudge
+from sweeps.scoring.judges import JUDGES, Judge, KeywordJudge, is_classifier
 from sweeps.scoring.nll import per_example_nll
 
 METRICS = ("asr", "safety_loss", "compliance_loss", "over_refusal", "utility_loss", "utility_acc")
@@ -57,7 +57,8 @@ class Scorer:
         self.tok, self.fmt, self.sets, self.cfg = tokenizer, formatter, sets, cfg
         # refusals by keyword always (over-refusal, `asr_keyword`); a classifier judge (eval.judge) adds `asr_judge`
         # and then decides `asr`; it is loaded at the first score(), on the evaluated model's device
-        self.judge = judge or KeywordJudge(cfg.asr.keywords)
+        keyword = KeywordJudge if is_classifier(cfg.judge) else JUDGES[cfg.judge]
+        self.judge = judge or keyword(cfg.asr.keywords)
         self.classifier: Any = None
         self.draft_rounds = DRAFT_ROUNDS  # how hard score(drafts=...) tries the drafts (sweeps.scoring.generate)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -113,7 +114,7 @@ class Scorer:
         return sum(refused) / len(refused), records, [g.tokens for g in gens]
 
     def _classifier(self, model: nn.Module) -> Any:
-        if self.cfg.judge != "keyword" and self.classifier is None:
+        if is_classifier(self.cfg.judge) and self.classifier is None:
             self.classifier = JUDGES[self.cfg.judge](self.cfg.judge_model, device=next(model.parameters()).device,
                                                      batch_size=self.cfg.asr.batch_size)  # fmt: skip
         return self.classifier
