@@ -125,3 +125,34 @@ def test_safelora_command_on_saved_adapters(tmp_path) -> None:
     save_file({"w": torch.zeros(2)}, str(tmp_path / "full.safetensors"))  # full fine-tuning weights: one line, exit 2
     assert main([*args[:4], "--adapter", str(tmp_path / "full.safetensors"), "--out", str(tmp_path / "o2")]) == 2
     assert not (tmp_path / "o2").exists()
+
+
+def test_safelora_finalize_projects_the_live_adapters_against_the_base(toy_root, toy_world) -> None:
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from sweeps.methods import SafeLoRA
+    from sweeps.methods.safelora import project
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(toy_root / "aligned"),
+                           LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))  # fmt: skip
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    base = load_file(str(toy_root / "base" / "model.safetensors"))
+    want = {}
+    for n, m in model.named_modules():
+        if hasattr(m, "lora_B"):
+            key = n.removeprefix("base_model.model.") + ".weight"
+            want[n] = project(m.base_layer.weight.detach() - base[key], m.lora_B["default"].weight.detach())
+    method = SafeLoRA(threshold=1.0)  # every module: cos ≤ 1
+    ctx = TrainingContext(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=1, grad_accum=1,
+                          batch_size=1, pad_id=0, resources=Resources(base_path=toy_root / "base"))  # fmt: skip
+    method.setup(ctx)
+    method.finalize()
+    assert method.metrics()["projected"] == len(want) > 0
+    for n, m in model.named_modules():
+        if n in want:
+            torch.testing.assert_close(m.lora_B["default"].weight, want[n])
