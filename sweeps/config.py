@@ -171,7 +171,8 @@ class EvalConfig:
     accuracy: str | None = "exact"  # answer checker for utility accuracy: exact | gsm8k | label | None
     accuracy_max_new_tokens: int = 32
     accuracy_limit: int | None = None
-    judge: str = "keyword"  # verdict source for ASR / over-refusal; a classifier judge can be registered later
+    judge: str = "keyword"  # verdict source for ASR: keyword | llama_guard (over-refusal always uses keywords)
+    judge_model: str | None = None  # eval.judge=llama_guard: a local Llama-Guard-style model directory
     baseline: bool = False  # also score the starting model (metrics prefixed "start/")
     also_live: bool = False  # with EMA in shadow mode, also score the live weights (prefixed "live/")
     # α values: θ(α) = θ_aligned + α·(θ_evaluated − θ_aligned) scored after training (prefixed "interp/<α>/")

@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sweeps.config import ConfigError, OptimConfig, TrainConfig, WorldConfig
 from sweeps.data.spec import check_dataset
 from sweeps.precision import precision_errors
-from sweeps.scoring.judges import JUDGES
+from sweeps.scoring.judges import JUDGES, guard_path_error, is_classifier
 from sweeps.scoring.keywords import KEYWORD_LISTS
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)  # `defaults: [train_schema]` in conf/train.yaml
@@ -217,8 +217,10 @@ def validate(cfg: TrainConfig) -> None:
     _check_world(errors, cfg.world)
     if e.judge not in JUDGES:
         errors.append(f"eval.judge: '{e.judge}' is not a known judge (available: {', '.join(JUDGES)})")
+    elif is_classifier(e.judge) and (judge_error := guard_path_error(e.judge_model)):
+        errors.append(f"eval.judge_model: {judge_error}")
 
-    errors.extend(known_method_errors(cfg.method))
+    errors.extend(known_method_errors(cfg.method, lora=m.lora.enabled))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 

@@ -14,7 +14,8 @@ from tests.conftest import SHARED_DATA
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # groups whose options need a user value (marked ???) get one here
-NEEDS = {"model/hf.yaml": ["model.name_or_path=/tmp"], "model/hf_lora.yaml": ["model.name_or_path=/tmp"]}
+NEEDS = {"model/hf.yaml": ["model.name_or_path=/tmp"], "model/hf_lora.yaml": ["model.name_or_path=/tmp"],
+         "method/safelora.yaml": ["model.lora.enabled=true"]}  # LoRA only
 
 
 # configs that read ../shared/data (through ${data.root}) validate only where it exists

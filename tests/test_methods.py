@@ -45,8 +45,10 @@ def _model(toy, lora: bool):
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                 target_modules=["q_proj", "v_proj"]))  # fmt: skip
+        with torch.random.fork_rng():  # peft draws A from the global generator: the same A in every run
+            torch.manual_seed(0)
+            model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                     target_modules=["q_proj", "v_proj"]))  # fmt: skip
         # B = 0 at init would make every adapter-only term vanish on the first step; start from a random B
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -91,8 +93,9 @@ def test_config_composes_validates_and_a_bad_argument_is_one_line(key: str, tmp_
 
 @pytest.mark.parametrize("key", KEYS)
 def test_strength_zero_is_plain_finetuning_exactly(toy, key: str) -> None:
-    plain = _plain(toy)
-    off, _ = _run(toy, {key: _entry(key, **REGISTRY[key].off)})
+    lora = REGISTRY[key].lora_only  # a LoRA-only method is compared with plain LoRA fine-tuning
+    plain = _plain(toy, lora)
+    off, _ = _run(toy, {key: _entry(key, **REGISTRY[key].off)}, lora)
     for (n, a), b in zip(plain.named_parameters(), off.parameters(), strict=True):
         assert torch.equal(a, b), n
 
@@ -100,6 +103,8 @@ def test_strength_zero_is_plain_finetuning_exactly(toy, key: str) -> None:
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("key", KEYS)
 def test_positive_strength_acts_stacks_with_ema_and_is_namespaced(toy, key: str, lora: bool) -> None:
+    if REGISTRY[key].lora_only and not lora:
+        pytest.skip("LoRA-only: full fine-tuning is a config error (test_lora_only_method_under_full_ft_is_one_line)")
     plain = _plain(toy, lora)
     # the stacked EMA is in shadow mode: it leaves the live trajectory to the method under test
     model, stack = _run(toy, {key: _entry(key), "avg": _entry("ema", eta=0.5)}, lora)
@@ -113,7 +118,7 @@ def test_positive_strength_acts_stacks_with_ema_and_is_namespaced(toy, key: str,
 
 @pytest.mark.parametrize("key", KEYS)
 def test_state_round_trips(toy, key: str) -> None:
-    model, stack = _run(toy, {key: _entry(key)}, steps=2)
+    model, stack = _run(toy, {key: _entry(key)}, REGISTRY[key].lora_only, steps=2)
     state = {k: v.clone() for k, v in stack.state_dict().items()}
     other = build_methods({key: _entry(key)})
     streams = {f"{m.name}.{a}": toy[3] for m in other.methods for a in type(m).streams}
@@ -124,6 +129,17 @@ def test_state_round_trips(toy, key: str) -> None:
     assert other.state_dict().keys() == state.keys()
     for k, v in other.state_dict().items():
         torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if REGISTRY[k].lora_only])
+def test_lora_only_method_under_full_ft_is_one_line(toy, key: str) -> None:
+    from sweeps.config import ConfigError
+
+    errors = known_method_errors({key: _entry(key)}, lora=False)
+    assert len(errors) == 1 and errors[0].startswith(f"method.{key}: ") and "model.lora.enabled" in errors[0]
+    assert known_method_errors({key: _entry(key)}, lora=True) == []
+    with pytest.raises(ConfigError, match=f"^method.{key}: "):  # and when train() is called directly
+        _run(toy, {key: _entry(key)}, lora=False)
 
 
 # ---- defining properties ---------------------------------------------------------------------------------------

@@ -8,9 +8,12 @@ from sweeps.methods.agem import AGEM
 from sweeps.methods.der import DER, DERpp
 from sweeps.methods.ema import EMA
 from sweeps.methods.ewc import EWC
+from sweeps.methods.lisa import Lisa
 from sweeps.methods.lwf import LwF
 from sweeps.methods.magmax import MagMax
 from sweeps.methods.refresh import Refresh
+from sweeps.methods.safelora import SafeLoRA
 
-__all__ = ["AGEM", "DER", "EMA", "EWC", "REGISTRY", "DERpp", "LwF", "MagMax", "MethodStack", "Refresh", "Resources",
-           "Stream", "TrainingContext", "TrainingMethod", "build_methods", "known_method_errors"]
+__all__ = ["AGEM", "DER", "EMA", "EWC", "REGISTRY", "DERpp", "Lisa", "LwF", "MagMax", "MethodStack", "Refresh",
+           "Resources", "SafeLoRA", "Stream", "TrainingContext", "TrainingMethod", "build_methods",
+           "known_method_errors"]

@@ -6,7 +6,10 @@
                                  hidden states (sweeps.methods._context); compute Fisher, stored logits, ...
     per optimiser step:
       before_step(step, batches) before any forward of the step; `batches` are its user micro-batches. May move
-                                 the weights (Refresh's unlearning move) but must leave `.grad` empty.
+                                 the weights (Refresh's unlearning move) but must leave `.grad` empty. May
+                                 replace the micro-batches' contents in place (`batch.clear(); batch.update(..)`:
+                                 Lisa's alignment phase trains on safety batches instead); the loop's token weights
+                                 and the log's `tokens.train` still come from the user rows it drew.
       per micro-batch:
         extra_loss(model, batch, outputs)  a term on the USER batch (LwF), added to that micro-batch's loss and
                                  scaled by 1/grad_accum like it; `outputs.hidden_states` when capture_hidden()
@@ -47,6 +50,7 @@ class TrainingMethod:
     streams: ClassVar[tuple[str, ...]] = ()  # constructor arguments that are data-set specs (validated, loaded)
     off: ClassVar[dict[str, Any]] = {}  # arguments that make the method plain fine-tuning (the contract test)
     term: ClassVar[str] = ""  # its metrics() key that is non-zero once the method acts (the contract test)
+    lora_only: ClassVar[bool] = False  # acts on LoRA adapters only: full fine-tuning is a config error
     name: str = "method"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -213,8 +217,9 @@ def stream_spec_errors(key: str, spec: Any) -> list[str]:
     return errors
 
 
-def known_method_errors(method_cfg: dict[str, Any]) -> list[str]:
-    """Check every `method.<name>` entry before anything is built: target, argument names and values, data."""
+def known_method_errors(method_cfg: dict[str, Any], lora: bool | None = None) -> list[str]:
+    """Check every `method.<name>` entry before anything is built: target, argument names and values, data;
+    with `lora` known (model.lora.enabled), that a LoRA-only method is not used with full fine-tuning."""
     errors: list[str] = []
     for key, entry in (method_cfg or {}).items():
         entry = dict(entry or {})
@@ -233,6 +238,9 @@ def known_method_errors(method_cfg: dict[str, Any]) -> list[str]:
             errors.append(f"method.{key}: {e}")
             continue
         errors.extend(f"method.{key}.{msg}" for msg in cls.check_args(entry))
+        if lora is False and cls.lora_only:
+            errors.append(f"method.{key}: projects LoRA adapters (B·A) and needs model.lora.enabled=true; "
+                          "full fine-tuning has nothing for it to project")
         for arg in cls.streams:
             if entry.get(arg) is None:
                 errors.append(f"method.{key}.{arg}: required (a data-set spec, e.g. {{source: toy, name: safety}})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from pathlib import Path
@@ -24,13 +25,18 @@ def build_resources(methods: MethodStack, fmt: Any, *, n_user: int, max_length: 
     from sweeps.data import DataError, load_examples
     from sweeps.methods._context import Resources
 
+    toy = None
+    if world is not None:
+        from sweeps.toyworld import toy_examples
+
+        toy = functools.partial(toy_examples, world=world)
     streams = {}
     for m in methods.methods:
         for arg in type(m).streams:
             spec = DatasetConfig(**getattr(m, arg))
             key = f"method.{m.name}.{arg}"
             try:
-                examples = load_examples(spec, key=key, need=("prompt", "response"), world=world)
+                examples = load_examples(spec, key=key, need=("prompt", "response"), toy_splits=toy)
             except DataError as e:
                 raise ConfigError(str(e)) from None
             n = memory_size(getattr(m, "size", None), n_user)

@@ -20,7 +20,7 @@ from sweeps.data import Example
 from sweeps.formatting import Encoded, PromptFormatter, Truncation
 from sweeps.scoring.accuracy import CHECKERS
 from sweeps.scoring.generate import DRAFT_ROUNDS, generate
-from sweeps.scoring.judges import JUDGES, Judge
+from sweeps.scoring.judges import JUDGES, Judge, KeywordJudge, is_classifier
 from sweeps.scoring.nll import per_example_nll
 
 METRICS = ("asr", "safety_loss", "compliance_loss", "over_refusal", "utility_loss", "utility_acc")
@@ -55,7 +55,11 @@ class Scorer:
         judge: Judge | None = None,
     ) -> None:
         self.tok, self.fmt, self.sets, self.cfg = tokenizer, formatter, sets, cfg
-        self.judge = judge or JUDGES[cfg.judge](cfg.asr.keywords)
+        # refusals by keyword always (over-refusal, `asr_keyword`); a classifier judge (eval.judge) adds `asr_judge`
+        # and then decides `asr`; it is loaded at the first score(), on the evaluated model's device
+        keyword = KeywordJudge if is_classifier(cfg.judge) else JUDGES[cfg.judge]
+        self.judge = judge or keyword(cfg.asr.keywords)
+        self.classifier: Any = None
         self.draft_rounds = DRAFT_ROUNDS  # how hard score(drafts=...) tries the drafts (sweeps.scoring.generate)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         harmful = (sets.harmful or [])[: cfg.asr.limit]
@@ -109,6 +113,12 @@ class Scorer:
         ]  # fmt: skip
         return sum(refused) / len(refused), records, [g.tokens for g in gens]
 
+    def _classifier(self, model: nn.Module) -> Any:
+        if is_classifier(self.cfg.judge) and self.classifier is None:
+            self.classifier = JUDGES[self.cfg.judge](self.cfg.judge_model, device=next(model.parameters()).device,
+                                                     batch_size=self.cfg.asr.batch_size)  # fmt: skip
+        return self.classifier
+
     def score(self, model: nn.Module, metrics: Iterable[str] | None = None, progress: bool = False,
               drafts: dict[str, list[list[int]]] | None = None) -> ScoreResult:  # fmt: skip
         """The metrics on the model's current weights. `drafts`: a nearby model's `ScoreResult.tokens`, verified
@@ -126,12 +136,20 @@ class Scorer:
         tokens: dict[str, list[list[int]]] = {}
         start = time.perf_counter()
         if "asr" in wanted:
+            guard = self._classifier(model)
+            early = self.cfg.asr.early_stop and guard is None  # a guard reads whole answers
             refusal_rate, records, tokens["harmful"] = self._refusals(
-                model, self._harmful, "harmful", self.cfg.asr.early_stop, progress, drafts
+                model, self._harmful, "harmful", early, progress, drafts
             )
             for r in records:
                 r["attack_success"] = not r["refused"]
             out["asr"], out["asr_n"] = 1.0 - refusal_rate, float(len(records))
+            if guard is not None:
+                scores = guard.scores([r["prompt"] for r in records], [r["response"] for r in records])
+                for r, score, unsafe in zip(records, scores, guard.unsafe(scores), strict=True):
+                    r["judge_unsafe_p"], r["judge_unsafe"], r["attack_success"] = score, unsafe, unsafe
+                out["asr_keyword"] = out["asr"]
+                out["asr"] = out["asr_judge"] = sum(r["judge_unsafe"] for r in records) / len(records)
             gens += records
         if "over_refusal" in wanted:
             rate, records, tokens["overrefusal"] = self._refusals(
