@@ -154,6 +154,7 @@ def _check_optim(errors: list[str], key: str, o: OptimConfig) -> None:
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError listing every invalid value (one per line)."""
     # torch-heavy registries imported here, so a composition error or --help stays fast
+    from sweeps.distributed import distributed_errors
     from sweeps.methods import known_method_errors
     from sweeps.scoring.scorer import METRICS
 
@@ -215,6 +216,7 @@ def validate(cfg: TrainConfig) -> None:
         errors.append(f"eval.judge: '{e.judge}' is not a known judge (available: {', '.join(JUDGES)})")
 
     errors.extend(known_method_errors(cfg.method))
+    errors.extend(distributed_errors(cfg))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
