@@ -44,8 +44,9 @@ def _losses(run_dir: Path) -> list[float]:
         (["optim.batch_size=8"], ["optim.batch_size=4"], []),
         # accumulation too: 1 × (4 × 2) vs 2 × (2 × 2), so no_sync and the global token weighting are exercised
         (["optim.batch_size=4"], ["optim.batch_size=2"], ["optim.grad_accum=2", "method=[ema]", "method.ema.eta=0.5"]),
+        (["optim.batch_size=8"], ["optim.batch_size=4"], ["model.lora.enabled=true", "model.lora.dropout=0"]),
     ],
-    ids=["plain", "ema-accum"],
+    ids=["plain", "ema-accum", "lora"],
 )
 def test_ddp_two_by_four_matches_one_by_eight(tmp_path, toy_root, single, per_rank, extra) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
