@@ -136,8 +136,8 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     metrics: dict[str, Any] = {**truncation.metrics("train"), **scorer.truncation_metrics(), **align_counts,
                                **precision.metrics()}  # fmt: skip
     generations: list[dict[str, Any]] = []
-    rank = distributed.world()
-    if cfg.eval.baseline and rank.is_main:
+    proc = distributed.world()  # this process under torchrun (size 1 without it)
+    if cfg.eval.baseline and proc.is_main:
         where.stage = "baseline"
         base = scorer.score(model, progress=progress)
         metrics.update({f"start/{k}": v for k, v in base.metrics.items()})
@@ -148,9 +148,9 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     run_dir.mkdir(parents=True, exist_ok=True)
     result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress,
                    on_step=where.on_step, precision=precision, resources=resources,
-                   log_path=run_dir / "train_log.jsonl" if rank.is_main else None)  # fmt: skip
-    if not rank.is_main:  # the trial is rank 0's from here (the others' weights are the same after DDP)
-        return {"status": result.status, "steps": result.steps, "rank": rank.rank}
+                   log_path=run_dir / "train_log.jsonl" if proc.is_main else None)  # fmt: skip
+    if not proc.is_main:  # the trial is rank 0's from here (the others' weights are the same after DDP)
+        return {"status": result.status, "steps": result.steps, "rank": proc.rank}
     where.stage = "evaluating"
     if checks is not None and checks.stop_reason:
         result.status = "pruned"
@@ -159,7 +159,7 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         metrics.update({f"check/{k}": v for k, v in checks.last.items()})
     metrics.update(
         status=result.status, steps=result.steps, diverged_at=result.diverged_at,
-        effective_batch_size=result.effective_batch_size, world_size=rank.size, train_tokens=result.train_tokens,
+        effective_batch_size=result.effective_batch_size, world_size=proc.size, train_tokens=result.train_tokens,
         train_time_s=result.train_time_s, tokens_per_s=result.tokens_per_s, final_train_loss=result.final_loss,
         n_train=len(train_set), n_poison=sum(e.harmful for e in train_set), seed=cfg.seed,
         lr=cfg.optim.lr, batch_size=cfg.optim.batch_size, grad_accum=cfg.optim.grad_accum,
