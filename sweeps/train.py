@@ -57,6 +57,8 @@ def main(dcfg: DictConfig) -> dict:
                 atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(dcfg, resolve=True))
             metrics = run_trial(cfg, run_dir, progress=world.is_main)
     except ConfigError as e:
+        if not world.is_main:  # every rank checks the same config: rank 0 says it once
+            sys.exit(2)
         log.error("%s", e)
         if multirun:
             raise  # the sweeper records the trial as failed, with this message as the reason
