@@ -74,6 +74,8 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     attn_implementation: str | None = None  # None = transformers' default; "eager" for Hessian-vector products
     gradient_checkpointing: bool = False
+    # several processes (torchrun; sweeps.distributed): ddp (LoRA or full FT) | fsdp (FSDP2, full fine-tuning only)
+    distributed: str = "ddp"
     reuse: bool = True  # keep the loaded model across the trials of one worker; restore its weights in memory
     lora: LoraConfig = field(default_factory=LoraConfig)
     # Optional alignment stage run once on the loaded model before any trial (cached; see sweeps.align).

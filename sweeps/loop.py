@@ -11,6 +11,11 @@ forward → loss (+ extra_loss) → backward → step_loss backward → after_ba
 Gradient accumulation is token-weighted (as transformers ≥ 4.46 does): each micro-batch's mean loss is scaled by its
 share of the step's response tokens, so batch 16 and batch 4 × 4 on the same examples give the same gradient. The
 token counts come from the host-side labels: no extra device sync.
+
+Under torchrun (sweeps.distributed) every rank draws the same global batch of batch_size × world size and trains on
+its slice through DDP; each rank's loss is weighted by its share of the GLOBAL step's response tokens (known on
+every rank from the global batch, no communication) times the world size, which DDP's gradient average cancels.
+The gradient is all-reduced once per step (no_sync on the other micro-batches); the logged loss is the ranks' mean.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from sweeps import distributed
 from sweeps.config import OptimConfig
 from sweeps.formatting import Encoded, collate, response_tokens
 from sweeps.methods import MethodStack
@@ -68,10 +74,10 @@ def _batches(data: Sequence[Encoded], batch_size: int, generator: torch.Generato
                 buffer = []
 
 
-def total_steps(n_examples: int, optim: OptimConfig) -> int:
+def total_steps(n_examples: int, optim: OptimConfig, world_size: int = 1) -> int:
     if optim.max_steps is not None:
         return optim.max_steps
-    return max(1, math.ceil(optim.epochs * n_examples / (optim.batch_size * optim.grad_accum)))
+    return max(1, math.ceil(optim.epochs * n_examples / (optim.batch_size * optim.grad_accum * world_size)))
 
 
 def build_optimizer(params: list[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
@@ -98,56 +104,62 @@ def train(
 
     `precision` (sweeps.models.resolve_precision): forward and loss under its autocast, fp16 through a GradScaler
     (None runs the model in its own dtype); `resources` feeds the methods' data streams and reference weights;
-    `log_path` gets one JSON line per step.
+    `log_path` gets one JSON line per step (pass it on rank 0 only).
     """
     if not data:
         raise ValueError("no training examples")
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, optim)
-    n_steps = total_steps(len(data), optim)
+    world = distributed.world()
+    n_steps = total_steps(len(data), optim, world.size)
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[optim.scheduler]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=n_steps)
     generator = torch.Generator().manual_seed(seed)
-    batches = _batches(data, optim.batch_size, generator)
+    batches = _batches(data, optim.batch_size * world.size, generator)  # the global batch; each rank takes a slice
     ctx = TrainingContext(model, optimizer, total_steps=n_steps, grad_accum=optim.grad_accum,
                           batch_size=optim.batch_size, pad_id=pad_id, resources=resources,
                           n_examples=len(data))  # fmt: skip
     methods.setup(ctx)  # in the caller's mode (eval: no dropout in statistics taken at θ_aligned)
     ctx.frozen = True
     model.train()
+    trained = distributed.wrap(model, world)  # what forward goes through; methods see `model`
     forward_kwargs = {"output_hidden_states": True} if ctx.hidden else {}
     scaler = precision.grad_scaler() if precision is not None else None
     autocast = precision.autocast if precision is not None else contextlib.nullcontext
     train_log = open(log_path, "w") if log_path is not None else None  # noqa: SIM115 (closed below)
 
-    result = TrainResult("completed", 0, optim.batch_size * optim.grad_accum, 0, 0.0, None)
+    result = TrainResult("completed", 0, optim.batch_size * optim.grad_accum * world.size, 0, 0.0, None)
     served = {k: s.tokens for k, s in ctx.streams.items()}
     start = time.perf_counter()
     bar = tqdm(range(1, n_steps + 1), desc="train", disable=not progress, leave=False)
     try:
         for step in bar:
-            rows = [next(batches) for _ in range(optim.grad_accum)]
+            global_rows = [next(batches) for _ in range(optim.grad_accum)]
+            step_tokens = sum(response_tokens(r) for r in global_rows)
+            n_tokens = max(1, step_tokens) / world.size  # DDP averages over ranks: its mean of the shares is the sum
+            rows = [distributed.shard(r, world) for r in global_rows]
             counts = [response_tokens(r) for r in rows]
-            n_tokens = max(1, sum(counts))
             micro = [collate(r, pad_id, device) for r in rows]
             lr = scheduler.get_last_lr()[0]
             methods.before_step(step, micro)
             step_loss = torch.zeros((), device=device)
-            for batch, count in zip(micro, counts, strict=True):
-                with autocast():
-                    outputs = model(**batch, **forward_kwargs)
-                    loss = outputs.loss * (count / n_tokens) if count else torch.zeros((), device=device)
-                    term = methods.extra_loss(model, batch, outputs)
-                    if term is not None:
-                        loss = loss + term / optim.grad_accum
-                (scaler.scale(loss) if scaler is not None else loss).backward()
+            for i, (batch, count) in enumerate(zip(micro, counts, strict=True)):
+                with distributed.no_sync(trained, last=i == len(micro) - 1):  # forward and backward inside
+                    with autocast():
+                        outputs = trained(**batch, **forward_kwargs)
+                        loss = outputs.loss * (count / n_tokens) if count else torch.zeros((), device=device)
+                        term = methods.extra_loss(model, batch, outputs)
+                        if term is not None:
+                            loss = loss + term / optim.grad_accum
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
                 step_loss += loss.detach()
             term = methods.step_loss(model)
             if term is not None:
                 (scaler.scale(term) if scaler is not None else term).backward()
                 step_loss += term.detach()
-            result.train_tokens += sum(counts)
+            step_loss = distributed.mean(step_loss)
+            result.train_tokens += step_tokens
             if scaler is not None:
                 scaler.unscale_(optimizer)  # methods and clipping see the true gradients
             methods.after_backward(model)
@@ -177,7 +189,7 @@ def train(
             result.steps, result.final_loss = step, loss_value
             result.losses.append(loss_value)
             if train_log is not None:
-                tokens = {"train": sum(counts), **{k: s.tokens - served[k] for k, s in ctx.streams.items()}}
+                tokens = {"train": step_tokens, **{k: s.tokens - served[k] for k, s in ctx.streams.items()}}
                 served = {k: s.tokens for k, s in ctx.streams.items()}
                 line = {"step": step, "loss": loss_value, "grad_norm": norm_value, "lr": lr, "tokens": tokens,
                         **dict(zip(terms, values[2:], strict=True))}  # fmt: skip
@@ -192,6 +204,7 @@ def train(
         bar.close()
         if train_log is not None:
             train_log.close()
+        del trained  # DDP's reducer hooks go with it: evaluation and later trials use the plain module
     model.eval()
     result.train_time_s = time.perf_counter() - start
     return result

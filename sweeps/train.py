@@ -39,17 +39,26 @@ class RunDirCheck(Callback):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(dcfg: DictConfig) -> dict:
+    from sweeps import distributed
     from sweeps.trial import check_run_dir, run_trial  # heavy imports after config errors had their chance to fail
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    world = distributed.world()
     try:
+        if world.active and multirun:
+            raise ConfigError("torchrun: one trial per launch; run the sweep (--multirun) without torchrun")
         cfg = to_train_config(dcfg)
-        validate(cfg)
-        check_run_dir(run_dir, cfg)
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(dcfg, resolve=True))
-        metrics = run_trial(cfg, run_dir)
+        validate(cfg)  # on every rank, before the process group: a bad config stops them all before training
+        with distributed.session(cfg.model.device):
+            run_dir = Path(distributed.broadcast(str(run_dir)))  # rank 0's (Hydra's timestamp may differ)
+            if world.is_main:
+                check_run_dir(run_dir, cfg)
+                atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(dcfg, resolve=True))
+            metrics = run_trial(cfg, run_dir, progress=world.is_main)
     except ConfigError as e:
+        if not world.is_main:  # every rank checks the same config: rank 0 says it once
+            sys.exit(2)
         log.error("%s", e)
         if multirun:
             raise  # the sweeper records the trial as failed, with this message as the reason
@@ -60,7 +69,8 @@ def main(dcfg: DictConfig) -> dict:
             raise  # the sweeper decides what an interrupted study records
         print(f"interrupted: no results written (see {run_dir / 'interrupted.json'})", file=sys.stderr)
         sys.exit(INTERRUPTED)
-    print(f"run dir: {run_dir}")
+    if world.is_main:
+        print(f"run dir: {run_dir}")
     return metrics
 
 

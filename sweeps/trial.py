@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from sweeps import distributed
 from sweeps.alignment import align_truncation
 from sweeps.config import ConfigError, TrainConfig
 from sweeps.data import DataError
@@ -77,7 +78,8 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
     start = time.perf_counter()
     validate(cfg)
     check_run_dir(run_dir, cfg)
-    for stale in ("metrics.json", "interrupted.json"):  # a rerun in the same dir must not look finished early
+    main = distributed.world().is_main  # under torchrun only rank 0 evaluates and writes (sweeps.distributed)
+    for stale in ("metrics.json", "interrupted.json") if main else ():  # a rerun must not look finished early
         (run_dir / stale).unlink(missing_ok=True)
     seed_everything(cfg.seed)
     where = Progress()
@@ -95,6 +97,8 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
             if cfg.model.reuse:
                 POOL.release(model)
     except KeyboardInterrupt:
+        if not main:
+            raise
         note = {"status": "interrupted", "stage": where.stage, "step": where.step,
                 "elapsed_s": time.perf_counter() - start, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
         atomic_write_json(run_dir / "interrupted.json", note)
@@ -135,7 +139,8 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     metrics: dict[str, Any] = {**truncation.metrics("train"), **scorer.truncation_metrics(), **align_counts,
                                **precision.metrics()}  # fmt: skip
     generations: list[dict[str, Any]] = []
-    if cfg.eval.baseline:
+    proc = distributed.world()  # this process under torchrun (size 1 without it)
+    if cfg.eval.baseline and proc.is_main:
         where.stage = "baseline"
         base = scorer.score(model, progress=progress)
         metrics.update({f"start/{k}": v for k, v in base.metrics.items()})
@@ -146,7 +151,9 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     run_dir.mkdir(parents=True, exist_ok=True)
     result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress,
                    on_step=where.on_step, precision=precision, resources=resources,
-                   log_path=run_dir / "train_log.jsonl")  # fmt: skip
+                   log_path=run_dir / "train_log.jsonl" if proc.is_main else None)  # fmt: skip
+    if not proc.is_main:  # the trial is rank 0's from here (the others' weights are the same after DDP)
+        return {"status": result.status, "steps": result.steps, "rank": proc.rank}
     where.stage = "evaluating"
     if checks is not None and checks.stop_reason:
         result.status = "pruned"
@@ -155,7 +162,7 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         metrics.update({f"check/{k}": v for k, v in checks.last.items()})
     metrics.update(
         status=result.status, steps=result.steps, diverged_at=result.diverged_at,
-        effective_batch_size=result.effective_batch_size, train_tokens=result.train_tokens,
+        effective_batch_size=result.effective_batch_size, world_size=proc.size, train_tokens=result.train_tokens,
         train_time_s=result.train_time_s, tokens_per_s=result.tokens_per_s, final_train_loss=result.final_loss,
         n_train=len(train_set), n_poison=sum(e.harmful for e in train_set), seed=cfg.seed,
         lr=cfg.optim.lr, batch_size=cfg.optim.batch_size, grad_accum=cfg.optim.grad_accum,

@@ -155,6 +155,7 @@ def _check_optim(errors: list[str], key: str, o: OptimConfig) -> None:
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError listing every invalid value (one per line)."""
     # torch-heavy registries imported here, so a composition error or --help stays fast
+    from sweeps.distributed import distributed_errors
     from sweeps.methods import known_method_errors
     from sweeps.scoring.scorer import METRICS
 
@@ -221,6 +222,7 @@ def validate(cfg: TrainConfig) -> None:
         errors.append(f"eval.judge_model: {judge_error}")
 
     errors.extend(known_method_errors(cfg.method, lora=m.lora.enabled))
+    errors.extend(distributed_errors(cfg))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
 

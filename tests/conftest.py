@@ -43,3 +43,15 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data file not present: {path}")
     return path
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`gpu`-marked tests skip, with the reason, where CUDA is absent (`pytest -m gpu` on a GPU machine runs them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu); this machine has none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

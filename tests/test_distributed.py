@@ -1,0 +1,124 @@
+"""Several processes (sweeps.distributed): torchrun with 2 gloo processes × batch 4 is the same trial as 1 process ×
+batch 8 on the same examples: loss curve, final weights and (with EMA) the evaluated weights, to float tolerance."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sweeps import distributed
+from sweeps.config import ConfigError, DatasetConfig, TrainConfig
+from sweeps.validate import validate
+from tests.conftest import CACHE_DIR, PYTHON, ROOT
+
+# SGD: AdamW's g/√v turns float-rounding differences of near-zero gradients into lr-sized steps, so its weights
+# would agree only to ~lr; SGD's update is linear in the gradient and the weights agree to float tolerance
+TINY = ["optim.max_steps=3", "optim.name=sgd", "optim.lr=0.1", "optim.momentum=0.9", "eval.asr.limit=2",
+        "eval.accuracy_limit=2", "eval.asr.max_new_tokens=4", "eval.accuracy_max_new_tokens=4",
+        "output.save_final=true", "output.save_eval_weights=true", f"cache_dir={CACHE_DIR}"]  # fmt: skip
+
+
+def _train(run_dir: Path, nproc: int, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SWEEPS_CACHE_DIR": str(CACHE_DIR), "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    launch = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone"] \
+        if nproc > 1 else [PYTHON]  # fmt: skip
+    return subprocess.run([*launch, "-m", "sweeps.train", f"hydra.run.dir={run_dir}", *overrides], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("single", "per_rank", "extra"),
+    [
+        (["optim.batch_size=8"], ["optim.batch_size=4"], []),
+        # accumulation too: 1 × (4 × 2) vs 2 × (2 × 2), so no_sync and the global token weighting are exercised
+        (["optim.batch_size=4"], ["optim.batch_size=2"], ["optim.grad_accum=2", "method=[ema]", "method.ema.eta=0.5"]),
+        (["optim.batch_size=8"], ["optim.batch_size=4"], ["model.lora.enabled=true", "model.lora.dropout=0"]),
+    ],
+    ids=["plain", "ema-accum", "lora"],
+)
+def test_ddp_two_by_four_matches_one_by_eight(tmp_path, toy_root, single, per_rank, extra) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = _train(one, 1, *single, *TINY, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _train(two, 2, *per_rank, *TINY, *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _losses(two) == pytest.approx(_losses(one), rel=1e-5)
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert m2["effective_batch_size"] == m1["effective_batch_size"] == 8 and m2["world_size"] == 2
+    assert m2["train_tokens"] == m1["train_tokens"]
+    for name in ("final", "eval"):
+        w1, w2 = (load_file(d / "weights" / f"{name}.safetensors") for d in (one, two))
+        assert w1.keys() == w2.keys()
+        for key in w1:
+            torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
+    assert not list(two.glob("*.tmp")) and (two / "generations.jsonl").exists()
+
+
+def test_bad_combination_stops_every_rank_before_training(tmp_path, toy_root) -> None:
+    run_dir = tmp_path / "run"
+    proc = _train(run_dir, 2, "method=[agem]", *TINY)
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: invalid config:") == 1  # said once (rank 0), not once per rank
+    assert "method.agem: AGEM does not support several processes" in proc.stderr
+    assert not (run_dir / "train_log.jsonl").exists() and not (run_dir / "metrics.json").exists()
+
+
+def test_shards_cover_the_global_batch_without_duplicates() -> None:
+    rows = list(range(12))
+    parts = [distributed.shard(rows, distributed.World(3, r, r)) for r in range(3)]
+    assert [x for p in parts for x in p] == rows
+
+
+def _cfg(**model) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.data.train = DatasetConfig(source="toy", name="task")
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
+    return cfg
+
+
+def _errors(cfg: TrainConfig, size: int = 2) -> str:
+    return "\n".join(distributed.distributed_errors(cfg, distributed.World(size, 0, 0)))
+
+
+def test_refusals_name_the_key(monkeypatch) -> None:
+    assert _errors(_cfg()) == ""
+    assert _errors(_cfg(), size=1) == ""
+    cfg = _cfg(distributed="fsdp")
+    cfg.model.lora.enabled = True
+    assert "model.distributed: fsdp shards full fine-tuning only" in _errors(cfg)
+    assert "model.distributed: 'zero3'" in _errors(_cfg(distributed="zero3"))
+    cfg = _cfg()
+    cfg.trial.check_every = 5
+    assert _errors(cfg).startswith("trial.check_every:")
+    cfg = _cfg()
+    cfg.method = {"ewc": {"_target_": "sweeps.methods.EWC"}, "ema": {"_target_": "sweeps.methods.EMA"}}
+    assert _errors(cfg) == "method.ewc: EWC does not support several processes (its data stream (memory) is not " \
+        "sharded); run it without torchrun"  # fmt: skip
+    cfg.method = {"lwf": {"_target_": "sweeps.methods.LwF"}}
+    assert "method.lwf: LwF does not support several processes (its extra_loss hook" in _errors(cfg)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert "nproc_per_node: 2 processes on this node but 1 CUDA device(s)" in _errors(_cfg())
+    assert "model.device: 'cuda:1' under torchrun" in _errors(_cfg(device="cuda:1"))
+
+
+def test_validate_reports_distributed_errors(monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = _cfg()
+    cfg.trial.check_every = 3
+    with pytest.raises(ConfigError, match=r"trial\.check_every: intermediate checks"):
+        validate(cfg)
