@@ -14,8 +14,9 @@ from typing import Any
 ROLE = {"asr": "harmful", "safety_loss": "refusal", "compliance_loss": "compliance", "over_refusal": "overrefusal",
         "utility_loss": "utility", "utility_acc": "utility"}  # fmt: skip
 # numeric on every trial that reaches training (strings, None-when-completed and pruning-only keys left out)
-TRAIN_METRICS = ("steps", "effective_batch_size", "train_tokens", "train_time_s", "tokens_per_s", "final_train_loss",
-                 "n_train", "n_poison", "seed", "lr", "batch_size", "grad_accum", "wall_time_s")  # fmt: skip
+TRAIN_METRICS = ("steps", "effective_batch_size", "world_size", "train_tokens", "train_time_s", "tokens_per_s",
+                 "final_train_loss", "n_train", "n_poison", "seed", "lr", "batch_size", "grad_accum",
+                 "wall_time_s")  # fmt: skip
 # the evaluated weights' distance from θ_aligned (sweeps.trial.Distance); also under live/ and check/
 DISTANCE = ("distance_l2", "distance_rel")
 
@@ -40,6 +41,9 @@ def scorer_metrics(cfg: Any) -> list[str]:
         if metric == "utility_acc" and (not _get(cfg, "eval.accuracy") or _get(cfg, "eval.accuracy_limit") == 0):
             continue
         out.append(metric)
+        # a classifier judge (it needs eval.judge_model) reports both verdicts
+        if metric == "asr" and _get(cfg, "eval.judge") not in (None, "keyword") and _get(cfg, "eval.judge_model"):
+            out += ["asr_keyword", "asr_judge"]
     return out
 
 
