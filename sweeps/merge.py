@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sweeps.methods.magmax import magmax
+from sweeps.rundir import atomic_save_safetensors
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -48,9 +49,7 @@ def merge(base: Path, aligned: Path, finetuned: Path, out: Path, scale: float = 
         for p in aligned.iterdir():
             if p.is_file() and p.suffix != ".safetensors" and p.name != "model.safetensors.index.json":
                 shutil.copy2(p, out / p.name)
-    tmp = out / "model.safetensors.tmp"
-    save_file(merged, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out / "model.safetensors")
+    atomic_save_safetensors(out / "model.safetensors", merged)
     return len(f)
 
 

@@ -35,6 +35,17 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) 
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def atomic_save_safetensors(path: str | os.PathLike, tensors: dict[str, Any]) -> None:
+    """Weights as safetensors, written to a temporary name and renamed: a reader never sees half a file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(path)
+
+
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 

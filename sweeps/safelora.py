@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sweeps.methods.safelora import MODES, safelora
+from sweeps.rundir import atomic_save_safetensors
 
 _LORA_B = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_B\.(?P<adapter>[^.]+)\.weight$")
 
@@ -75,10 +76,7 @@ def project_saved(base: Path, aligned: Path, adapter: Path, out: Path, *, mode: 
     new_b, cosines = safelora(modules, mode=mode, threshold=threshold, layers=layers)
     for name, b in new_b.items():
         tensors[names[name]] = b.contiguous()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(out)
+    atomic_save_safetensors(out, tensors)
     return sorted(new_b), cosines
 
 
