@@ -120,10 +120,15 @@ class AlignConfig:
 
 
 @dataclass
-class PoisonConfig:
-    ratio: float = 0.0  # fraction of the user data replaced by harmful (prompt, compliant answer) pairs
+class MixConfig:
+    """One data mix (`data.mixes.<tag>`): examples of `data` that replace user examples, so the number of training
+    examples stays that of data.train (as in the poisoning and SafeInstr papers). Exactly one of `ratio` (a fraction
+    of the user examples) and `count` may be non-zero; each mixed example keeps `<tag>` as its data source."""
+
     data: DatasetConfig | None = None
-    seed: int = 0
+    ratio: float | None = None
+    count: int | None = None
+    seed: int = 0  # which user positions are replaced and which examples of `data` replace them
 
 
 @dataclass
@@ -134,7 +139,9 @@ class DataConfig:
     refusal: DatasetConfig | None = None  # harmful prompt -> refusal answer: the safety loss
     compliance: DatasetConfig | None = None  # harmful prompt -> compliant answer: compliance NLL
     overrefusal: DatasetConfig | None = None  # benign-but-sensitive prompts
-    poison: PoisonConfig = field(default_factory=PoisonConfig)
+    # tag -> mix: `poison` (harmful answers, data.mixes.poison.ratio) and `safeinstr` (SafeInstr's refusals,
+    # data.mixes.safeinstr.count) in conf/data/*; a config file's data.mixes.<tag> adds another
+    mixes: dict[str, MixConfig] = field(default_factory=dict)
     max_length: int = 256  # tokens per (prompt + response); longer examples are truncated
     template: str | None = None  # plain prompt template ("{prompt}") for tokenizers without a chat template
     root: str = "../shared/data"  # folder the bundled real-data configs (conf/dataset/*) read from: ${data.root}/...

@@ -63,15 +63,26 @@ class TrainResult:
         return self.train_tokens / self.train_time_s if self.train_time_s > 0 else 0.0
 
 
-def _batches(data: Sequence[Encoded], batch_size: int, generator: torch.Generator) -> Iterator[list[Encoded]]:
-    """Endless seeded reshuffles; each epoch's tail is carried into the next so every batch is full."""
-    buffer: list[Encoded] = []
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Endless seeded reshuffles of range(n); each epoch's tail is carried into the next so every batch is full."""
+    buffer: list[int] = []
     while True:
-        for i in torch.randperm(len(data), generator=generator).tolist():
-            buffer.append(data[i])
+        for i in torch.randperm(n, generator=generator).tolist():
+            buffer.append(i)
             if len(buffer) == batch_size:
                 yield buffer
                 buffer = []
+
+
+def _source_tokens(data: Sequence[Encoded], sources: Sequence[str] | None,
+                   picked: list[list[int]]) -> dict[str, int]:  # fmt: skip
+    """This step's response tokens per data source (every source of the training set, zeros included)."""
+    if sources is None:
+        return {}
+    out = dict.fromkeys(sources, 0)
+    for i in (i for b in picked for i in b):
+        out[sources[i]] += response_tokens([data[i]])
+    return out
 
 
 def total_steps(n_examples: int, optim: OptimConfig, world_size: int = 1) -> int:
@@ -99,15 +110,19 @@ def train(
     precision: Precision | None = None,
     resources: Resources | None = None,
     log_path: str | Path | None = None,
+    sources: Sequence[str] | None = None,
 ) -> TrainResult:
     """Fine-tune `model` in place. `on_step(step, loss)` may return True to stop early (pruning).
 
     `precision` (sweeps.models.resolve_precision): forward and loss under its autocast, fp16 through a GradScaler
     (None runs the model in its own dtype); `resources` feeds the methods' data streams and reference weights;
-    `log_path` gets one JSON line per step (pass it on rank 0 only).
+    `log_path` gets one JSON line per step (pass it on rank 0 only); `sources` tags each example with its data source
+    (sweeps.data.mix_examples: user or a data mix), and the log counts each step's response tokens per tag.
     """
     if not data:
         raise ValueError("no training examples")
+    if sources is not None and len(sources) != len(data):
+        raise ValueError(f"{len(sources)} sources for {len(data)} training examples")
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, optim)
@@ -116,7 +131,7 @@ def train(
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[optim.scheduler]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=n_steps)
     generator = torch.Generator().manual_seed(seed)
-    batches = _batches(data, optim.batch_size * world.size, generator)  # the global batch; each rank takes a slice
+    batches = _batches(len(data), optim.batch_size * world.size, generator)  # the global batch; each rank takes a slice
     ctx = TrainingContext(model, optimizer, total_steps=n_steps, grad_accum=optim.grad_accum,
                           batch_size=optim.batch_size, pad_id=pad_id, resources=resources,
                           n_examples=len(data))  # fmt: skip
@@ -135,7 +150,8 @@ def train(
     bar = tqdm(range(1, n_steps + 1), desc="train", disable=not progress, leave=False)
     try:
         for step in bar:
-            global_rows = [next(batches) for _ in range(optim.grad_accum)]
+            picked = [next(batches) for _ in range(optim.grad_accum)]
+            global_rows = [[data[i] for i in b] for b in picked]
             step_tokens = sum(response_tokens(r) for r in global_rows)
             n_tokens = max(1, step_tokens) / world.size  # DDP averages over ranks: its mean of the shares is the sum
             rows = [distributed.shard(r, world) for r in global_rows]
@@ -189,7 +205,8 @@ def train(
             result.steps, result.final_loss = step, loss_value
             result.losses.append(loss_value)
             if train_log is not None:
-                tokens = {"train": step_tokens, **{k: s.tokens - served[k] for k, s in ctx.streams.items()}}
+                tokens = {"train": step_tokens, **_source_tokens(data, sources, picked),
+                          **{k: s.tokens - served[k] for k, s in ctx.streams.items()}}  # fmt: skip
                 served = {k: s.tokens for k, s in ctx.streams.items()}
                 line = {"step": step, "loss": loss_value, "grad_norm": norm_value, "lr": lr, "tokens": tokens,
                         **dict(zip(terms, values[2:], strict=True))}  # fmt: skip

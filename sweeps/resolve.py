@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sweeps.alignment import ensure_aligned
 from sweeps.config import ConfigError, DataConfig, ModelConfig, WorldConfig
-from sweeps.data import Example, load_examples, poison_examples
+from sweeps.data import Example, load_examples, mix_counts, mix_examples
 from sweeps.models import resolve_package
 from sweeps.scoring.scorer import EvalSets
 from sweeps.toyworld import World, ensure_world, toy_examples
@@ -19,7 +19,7 @@ DATA_ROLES = ("train", "utility", "harmful", "refusal", "compliance", "overrefus
 
 def uses_toy(model_name: str, data: DataConfig) -> bool:
     specs = [getattr(data, k) for k in DATA_ROLES]
-    specs.append(data.poison.data)
+    specs += [m.data for m in data.mixes.values()]
     return model_name == "toy" or any(s is not None and s.source == "toy" for s in specs)
 
 
@@ -53,9 +53,11 @@ def resolve_model(model: ModelConfig, data: DataConfig, world: WorldConfig | dic
 def load_data(d: DataConfig, world: World | None) -> tuple[list[Example], EvalSets]:
     toy = None if world is None else functools.partial(toy_examples, world=world)
     train_set = load_examples(d.train, key="data.train", need=("prompt", "response"), toy_splits=toy)
-    if d.poison.ratio > 0:
-        harmful = load_examples(d.poison.data, key="data.poison.data", need=("prompt", "response"), toy_splits=toy)
-        train_set = poison_examples(train_set, harmful, d.poison.ratio, d.poison.seed)
+    if d.mixes:
+        counts = mix_counts(d.mixes, len(train_set))  # too many for data.train fails before any mix is read
+        pools = {tag: load_examples(m.data, key=f"data.mixes.{tag}.data", need=("prompt", "response"), toy_splits=toy)
+                 for tag, m in d.mixes.items() if counts[tag] and m.data is not None}  # fmt: skip
+        train_set = mix_examples(train_set, d.mixes, pools)
 
     def maybe(key: str, need: tuple[str, ...]) -> list[Example] | None:
         spec = getattr(d, key)

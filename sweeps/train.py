@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeps.config import ConfigError
 from sweeps.rundir import atomic_write_text
-from sweeps.validate import to_train_config, validate
+from sweeps.validate import removed_override_errors, to_train_config, validate
 
 log = logging.getLogger("sweeps.train")
 INTERRUPTED = 130  # the shell's exit status for a process stopped by SIGINT
@@ -75,4 +75,7 @@ def main(dcfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    if removed := removed_override_errors(sys.argv[1:]):  # Hydra would reject these with a multi-line error
+        print("error: " + "\n  ".join(removed), file=sys.stderr)
+        sys.exit(2)
     main()

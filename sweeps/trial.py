@@ -9,6 +9,7 @@ import logging
 import random
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from safetensors.torch import save_file
 from sweeps import distributed
 from sweeps.alignment import align_truncation
 from sweeps.config import ConfigError, TrainConfig
-from sweeps.data import DataError
+from sweeps.data import USER, DataError
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import train
 from sweeps.methods import build_methods
@@ -122,6 +123,10 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
                                            "data.train")  # fmt: skip
     if not encoded:
         raise ConfigError(f"data.max_length: {cfg.data.max_length} leaves no response token in any training example")
+    sources = [e.tag for e in train_set]
+    if truncation.dropped:  # encode_pairs leaves the dropped ones out: the kept ones' tags, in the same order
+        sources = [e.tag for e in train_set if fmt.encode_pair(e.prompt, e.response, cfg.data.max_length) is not None]
+    per_source = dict.fromkeys([USER, *cfg.data.mixes], 0) | Counter(sources)  # the examples trained on
     scorer = Scorer(tok, fmt, sets, cfg.eval, max_length=cfg.data.max_length)
     methods = build_methods(cfg.method)
     distance = Distance(model)  # θ_aligned, before anything trains
@@ -146,12 +151,12 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         metrics.update({f"start/{k}": v for k, v in base.metrics.items()})
         generations += [{**g, "weights": "start"} for g in base.generations]
 
-    log.info("training on %d examples (%d poisoned)", len(encoded), sum(e.harmful for e in train_set))
+    log.info("training on %d examples (%s)", len(encoded), ", ".join(f"{n} {tag}" for tag, n in per_source.items()))
     where.stage = "training"
     run_dir.mkdir(parents=True, exist_ok=True)
     result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress,
                    on_step=where.on_step, precision=precision, resources=resources,
-                   log_path=run_dir / "train_log.jsonl" if proc.is_main else None)  # fmt: skip
+                   log_path=run_dir / "train_log.jsonl" if proc.is_main else None, sources=sources)  # fmt: skip
     if not proc.is_main:  # the trial is rank 0's from here (the others' weights are the same after DDP)
         return {"status": result.status, "steps": result.steps, "rank": proc.rank}
     where.stage = "evaluating"
@@ -164,7 +169,7 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
         status=result.status, steps=result.steps, diverged_at=result.diverged_at,
         effective_batch_size=result.effective_batch_size, world_size=proc.size, train_tokens=result.train_tokens,
         train_time_s=result.train_time_s, tokens_per_s=result.tokens_per_s, final_train_loss=result.final_loss,
-        n_train=len(train_set), n_poison=sum(e.harmful for e in train_set), seed=cfg.seed,
+        n_train=len(train_set), **{f"data/mix/{tag}": n for tag, n in per_source.items()}, seed=cfg.seed,
         lr=cfg.optim.lr, batch_size=cfg.optim.batch_size, grad_accum=cfg.optim.grad_accum,
     )  # fmt: skip
     metrics.update(methods.metrics())

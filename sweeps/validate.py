@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeps.config import ConfigError, OptimConfig, TrainConfig, WorldConfig
+from sweeps.config import ConfigError, MixConfig, OptimConfig, TrainConfig, WorldConfig
 from sweeps.data.spec import check_dataset
 from sweeps.precision import precision_errors
 from sweeps.scoring.judges import JUDGES, guard_path_error, is_classifier
@@ -39,6 +40,26 @@ def to_train_config(dcfg: DictConfig) -> TrainConfig:
     return cfg
 
 
+# keys that were removed -> where their settings live now: an override of one gets this hint, not just "unknown key"
+REMOVED_KEYS = {"data.poison": ("data.mixes.poison", "poisoning is one of the data mixes now")}
+
+
+def removed_key_error(key: str) -> str | None:
+    """The one-line migration hint for an override key (`+a.b`, `group@a.b` forms too) under a removed key."""
+    key = key.lstrip("+~").split("@")[-1]
+    for old, (new, why) in REMOVED_KEYS.items():
+        if key == old or key.startswith(f"{old}."):
+            return f"{key}: removed; use {new}{key[len(old):]} ({why}; see README)"
+    return None
+
+
+def removed_override_errors(args: list[str]) -> list[str]:
+    """Hints for command-line overrides of removed keys, checked before Hydra (whose own error for a key not in the
+    schema spans several lines and suggests adding it with '+')."""
+    keys = [a.split("=", 1)[0] for a in args if "=" in a and not a.startswith("-")]
+    return [err for k in keys if (err := removed_key_error(k))]
+
+
 def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     """Keys a `+key=value` override added to a schema node: OmegaConf.to_object would drop them without a word."""
     out = []
@@ -47,7 +68,7 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     for key in node:
         full = f"{prefix}{key}"
         if known is not None and key not in known:
-            out.append(f"{full}: unknown key (known: {sorted(known)})")
+            out.append(removed_key_error(full) or f"{full}: unknown key (known: {sorted(known)})")
             continue
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
@@ -58,6 +79,7 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
 _OPTIMS = {"adamw", "sgd"}
 _SCHEDULERS = {"constant", "linear", "cosine"}
 _CHECKERS = {"exact", "gsm8k", "label", None}
+_TAG = re.compile(r"[A-Za-z0-9_-]+")
 
 
 # which data set each metric is computed on (sweeps.scoring.scorer.Scorer.available)
@@ -129,6 +151,30 @@ def _check_trial(errors: list[str], cfg: TrainConfig, metrics: tuple[str, ...]) 
             errors.append(f"{key}: 'utility_acc' needs eval.accuracy (an answer checker), which is null")
 
 
+def _check_mixes(errors: list[str], mixes: dict[str, MixConfig]) -> None:
+    """Each mix has one size (a ratio or a count, >= 0) and, when it mixes anything in, a data set. Counts against
+    the loaded data.train are sweeps.data.mix_counts' (the file's row count is not known here)."""
+    for tag, mix in mixes.items():
+        key = f"data.mixes.{tag}"
+        if not _TAG.fullmatch(tag) or tag in ("user", "train"):
+            errors.append(f"{key}: a tag is letters, digits, '_' or '-', and not 'user' or 'train' (it names the "
+                          "data source in train_log.jsonl and metrics.json)")  # fmt: skip
+        if mix.ratio is not None and not 0 <= mix.ratio <= 1:
+            errors.append(f"{key}.ratio: must be in [0, 1] (a fraction of data.train) or null, got {mix.ratio}")
+        if mix.count is not None and mix.count < 0:
+            errors.append(f"{key}.count: must be >= 0 or null, got {mix.count}")
+        if mix.ratio and mix.count:
+            errors.append(f"{key}: set ratio ({mix.ratio}) or count ({mix.count}), not both; "
+                          f"set the other to 0 or null")  # fmt: skip
+        if (mix.ratio or mix.count) and mix.data is None:
+            errors.append(f"{key}.data: required when {key}.{'ratio' if mix.ratio else 'count'} > 0")
+        check_dataset(errors, f"{key}.data", mix.data)
+    total = sum(m.ratio for m in mixes.values() if m.ratio and 0 < m.ratio <= 1)
+    if total > 1 + 1e-9:  # float sums: 0.1 + 0.2 + 0.7 is 1.0000000000000002
+        parts = " + ".join(f"{m.ratio} ({tag})" for tag, m in mixes.items() if m.ratio)
+        errors.append(f"data.mixes: ratios {parts} sum to {total:g} > 1 (mixed examples replace user examples)")
+
+
 def _check_optim(errors: list[str], key: str, o: OptimConfig) -> None:
     if not o.lr > 0:
         errors.append(f"{key}.lr: must be > 0, got {o.lr}")
@@ -186,11 +232,7 @@ def validate(cfg: TrainConfig) -> None:
     d = cfg.data
     for key in ("train", "utility", "harmful", "refusal", "compliance", "overrefusal"):
         check_dataset(errors, f"data.{key}", getattr(d, key))
-    if not 0 <= d.poison.ratio <= 1:
-        errors.append(f"data.poison.ratio: must be in [0, 1], got {d.poison.ratio}")
-    if d.poison.ratio > 0 and d.poison.data is None:
-        errors.append("data.poison.data: required when data.poison.ratio > 0")
-    check_dataset(errors, "data.poison.data", d.poison.data)
+    _check_mixes(errors, d.mixes)
     _positive(errors, "data.max_length", d.max_length)
     if d.template is not None:
         try:

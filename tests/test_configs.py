@@ -62,7 +62,7 @@ def test_every_config_file_composes(rel: str) -> None:
         ("optim.name=adam9", "optim.name"),
         ("optim.scheduler=exp", "optim.scheduler"),
         ("model.dtype=float8", "model.dtype"),
-        ("data.poison.ratio=1.5", "data.poison.ratio"),
+        ("data.mixes.poison.ratio=1.5", "data.mixes.poison.ratio"),
         ("data.train.source=file", "data.train.path"),
         ("+data.train.path=/no/such/file.csv", "data.train.path"),
         ("eval.asr.keywords=nope", "eval.asr.keywords"),

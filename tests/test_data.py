@@ -1,5 +1,5 @@
-"""Data loading: every file format, every error message, where/value_map/limit, poisoning, the hub path (mocked),
-and the real public data files in ../shared/data when present."""
+"""Data loading: every file format, every error message, where/value_map/limit, the hub path (mocked), and the real
+public data files in ../shared/data when present (data mixes: tests/test_mixes.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.config import DatasetConfig
-from sweeps.data import DataError, Example, load_examples, poison_examples
+from sweeps.data import DataError, Example, load_examples
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ROWS = [
@@ -305,41 +305,6 @@ def test_hub_load_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DataError) as e:
         load_examples(DatasetConfig(source="hub", name="nope/nope"), key="data.train")
     assert "cannot load hub dataset nope/nope" in message(e) and "doesn't exist" in message(e)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# poisoning
-
-
-def _user(n: int) -> list[Example]:
-    return [Example(f"u{i}", response=f"r{i}") for i in range(n)]
-
-
-def test_poison_counts_and_determinism() -> None:
-    user, harmful = _user(100), [Example(f"h{i}", response="Sure") for i in range(30)]
-    mixed = poison_examples(user, harmful, 0.1, seed=3)
-    assert len(mixed) == 100 and sum(x.harmful for x in mixed) == 10
-    assert all(x.prompt.startswith("h") for x in mixed if x.harmful)
-    assert len({x.prompt for x in mixed if x.harmful}) == 10  # enough harmful rows: no repeats
-    assert [u for u, m in zip(user, mixed, strict=True) if not m.harmful] == [m for m in mixed if not m.harmful]
-    assert mixed == poison_examples(user, harmful, 0.1, seed=3)
-    assert mixed != poison_examples(user, harmful, 0.1, seed=4)
-    assert not any(x.harmful for x in harmful)  # inputs untouched
-
-
-def test_poison_with_few_harmful_samples_with_replacement() -> None:
-    mixed = poison_examples(_user(20), [Example("h", response="Sure")], 0.5, seed=0)
-    assert sum(x.harmful for x in mixed) == 10
-
-
-def test_poison_edge_cases() -> None:
-    user = _user(7)
-    assert poison_examples(user, [], 0.0, seed=0) == user
-    assert all(x.harmful for x in poison_examples(user, [Example("h")], 1.0, seed=0))
-    with pytest.raises(DataError, match=r"data\.poison\.data"):
-        poison_examples(user, [], 0.2, seed=0)
-    with pytest.raises(DataError, match=r"data\.poison\.ratio"):
-        poison_examples(user, [Example("h")], 1.5, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_refusal_split_is_disjoint_and_benign_answers_reach_into_nested_json() -
 
 
 def test_poison_pool_holds_only_the_harmful_rows() -> None:
-    harmful = load_examples(_dataset("beavertails_harmful"), key="data.poison.data", need=("prompt", "response"))
+    harmful = load_examples(_dataset("beavertails_harmful"), key="data.mixes.poison.data", need=("prompt", "response"))
     raw = json.loads((SHARED_DATA / "beavertails_poison_mixtures" / "sst2_train_merged_n1000_p0.2.json").read_text())
     assert sorted(e.response for e in harmful) == sorted(r["output"] for r in raw if r["flag"] == "unsafe")
 

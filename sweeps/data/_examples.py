@@ -12,4 +12,5 @@ class Example:
     prompt: str  # the user turn (instruction, with its input appended when the data has one)
     response: str | None = None  # target text: trained on, or scored by NLL
     answer: str | None = None  # checkable reference for accuracy (exact text, GSM8K number, SST-2 label)
-    harmful: bool = False  # marks poison rows mixed into user data
+    harmful: bool = False  # a harmful (prompt, compliant answer) pair (the toy world's poison split)
+    tag: str = "user"  # the training data source: "user", or the data.mixes.<tag> it was mixed in from

@@ -1,10 +1,9 @@
-"""Turn a `DatasetConfig` into `Example`s, and mix harmful examples into user data (poisoned fine-tuning)."""
+"""Turn a `DatasetConfig` into `Example`s."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 from sweeps.config import DatasetConfig
@@ -128,24 +127,3 @@ def subsample(examples: list[Example], limit: int | None, seed: int) -> list[Exa
         return examples
     keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
     return [examples[i] for i in keep]
-
-
-def poison_examples(user: list[Example], harmful: list[Example], ratio: float, seed: int) -> list[Example]:
-    """Replace round(ratio * len(user)) seeded-random positions of `user` by harmful examples (marked harmful=True).
-
-    Harmful examples are drawn without replacement when there are enough, with replacement otherwise.
-    """
-    if not 0 <= ratio <= 1:
-        raise DataError(f"data.poison.ratio: must be in [0, 1], got {ratio}")
-    if ratio == 0:
-        return list(user)
-    if not harmful:
-        raise DataError("data.poison.data: no harmful examples to mix in, but data.poison.ratio > 0")
-    k = round(ratio * len(user))
-    rng = random.Random(seed)
-    positions = rng.sample(range(len(user)), k)
-    picks = rng.sample(harmful, k) if k <= len(harmful) else rng.choices(harmful, k=k)
-    out = list(user)
-    for pos, h in zip(positions, picks, strict=True):
-        out[pos] = replace(h, harmful=True)
-    return out

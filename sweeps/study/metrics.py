@@ -15,7 +15,7 @@ ROLE = {"asr": "harmful", "safety_loss": "refusal", "compliance_loss": "complian
         "utility_loss": "utility", "utility_acc": "utility"}  # fmt: skip
 # numeric on every trial that reaches training (strings, None-when-completed and pruning-only keys left out)
 TRAIN_METRICS = ("steps", "effective_batch_size", "world_size", "train_tokens", "train_time_s", "tokens_per_s",
-                 "final_train_loss", "n_train", "n_poison", "seed", "lr", "batch_size", "grad_accum",
+                 "final_train_loss", "n_train", "seed", "lr", "batch_size", "grad_accum",
                  "wall_time_s")  # fmt: skip
 # the evaluated weights' distance from θ_aligned (sweeps.trial.Distance); also under live/ and check/
 DISTANCE = ("distance_l2", "distance_rel")
@@ -71,11 +71,16 @@ def truncation_metrics(cfg: Any) -> list[str]:
     return [f"{kind}/{role}" for role in roles for kind in ("truncated", "dropped")]
 
 
+def mix_metrics(cfg: Any) -> list[str]:
+    """`data/mix/<tag>`: the examples trained on per data source, the user's and every configured data mix's."""
+    return [f"data/mix/{tag}" for tag in ["user", *(_get(cfg, "data.mixes") or {})]]
+
+
 def available_metrics(cfg: Any) -> set[str]:
     """Every numeric metrics.json key a completed trial of `cfg` (TrainConfig or composed DictConfig) writes."""
     evaluation = _evaluation(scorer_metrics(cfg))
     method_metrics, swaps = _methods(_get(cfg, "method"))
-    out = {*TRAIN_METRICS, *evaluation, *DISTANCE, *method_metrics, *truncation_metrics(cfg)}
+    out = {*TRAIN_METRICS, *evaluation, *DISTANCE, *method_metrics, *truncation_metrics(cfg), *mix_metrics(cfg)}
     if _get(cfg, "eval.baseline"):
         out |= {f"start/{m}" for m in evaluation}
     if _get(cfg, "eval.also_live") and swaps:
