@@ -92,7 +92,7 @@ def test_small_pool_is_drawn_with_replacement_and_zero_mixes_change_nothing() ->
 @pytest.mark.parametrize(
     ("mixes", "needle"),
     [
-        ({"safeinstr": MixConfig(count=11)}, "safeinstr.count: 11 means 11 mixed examples, more than the 10"),
+        ({"safeinstr": MixConfig(count=11)}, "data.mixes.safeinstr.count: 11 mixed examples, more than the 10 user"),
         ({"poison": MixConfig(ratio=0.6), "safeinstr": MixConfig(count=5)}, "data.mixes: 6 (poison) + 5 (safeinstr)"),
         ({"poison": MixConfig(ratio=-0.1)}, "data.mixes.poison"),
     ],
@@ -252,7 +252,7 @@ def test_toy_run_logs_tokens_and_counts_per_source(tmp_path, toy_root) -> None:
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (["data.mixes.safeinstr.count=1001"], "data.mixes.safeinstr.count: 1001 means 1001 mixed examples"),
+        (["data.mixes.safeinstr.count=1001"], "data.mixes.safeinstr.count: 1001 mixed examples, more than the 1000"),
         (["data.train.limit=50", "data.mixes.poison.ratio=0.5", "data.mixes.safeinstr.count=30"],
          "data.mixes: 25 (poison) + 30 (safeinstr) = 55 mixed examples, more than the 50"),
         (["data.mixes.poison.ratio=0.1", "data.mixes.poison.count=5"], "data.mixes.poison: set ratio"),
@@ -273,3 +273,19 @@ def test_bad_mix_input_is_one_line_naming_the_key(tmp_path, overrides, needle) -
     proc, run_dir = _cli(tmp_path, *overrides)
     _error_line(proc, run_dir, needle)
 
+
+
+def test_old_poison_key_in_a_search_space_file_gets_the_migration_line(tmp_path) -> None:
+    (tmp_path / "conf" / "search_space").mkdir(parents=True)
+    (tmp_path / "conf" / "search_space" / "old.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: safety\nhydra:\n  sweeper:\n"
+        "    study_name: old\n    n_trials: 2\n    objectives: ['asr:minimize']\n"
+        "    params:\n      data.poison.ratio: choice(0, 0.1)\n")  # fmt: skip
+    env = {**os.environ, "SWEEPS_CACHE_DIR": str(CACHE_DIR), "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([PYTHON, "-m", "sweeps.train", "-m", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                           "search_space=old", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        "error: search space: data.poison.ratio: removed; use data.mixes.poison.ratio (poisoning is one of the data "
+        "mixes now; see README)"]

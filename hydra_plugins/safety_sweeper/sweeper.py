@@ -21,7 +21,7 @@ from hydra_plugins.safety_sweeper.config import SafetySweeperConf  # noqa: F401 
 from sweeps.config import ConfigError, TrainConfig
 from sweeps.study.runner import ComposeError, Outcome, Sweep, SweepError, SweepSettings
 from sweeps.study.space import SearchSpaceError
-from sweeps.validate import to_train_config, validate
+from sweeps.validate import removed_key_error, to_train_config, validate
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ def _one_line(e: Exception) -> str:
     first = text.splitlines()[0].strip() if text.strip() else type(e).__name__
     missing = isinstance(e.__cause__, ConfigKeyError | ConfigAttributeError)
     if missing and (m := re.match(r"Could not override '([^']+)'", first)):
+        if hint := removed_key_error(m[1]):
+            return hint
         return (f"'{m[1]}' is not a key of the trial config ({str(e.__cause__).splitlines()[0]}); "
                 f"a new key needs '+{m[1]}=...'")  # fmt: skip
     if e.__cause__ is not None:

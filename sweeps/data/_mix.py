@@ -21,10 +21,9 @@ def mix_counts(mixes: Mapping[str, MixConfig], n_user: int) -> dict[str, int]:
         if (mix.count or 0) < 0 or (mix.ratio or 0) < 0:
             raise DataError(f"data.mixes.{tag}: count and ratio must be >= 0, got count={mix.count} ratio={mix.ratio}")
         counts[tag] = mix.count or (round(mix.ratio * n_user) if mix.ratio else 0)
-        if counts[tag] > n_user:
-            key, value = (f"data.mixes.{tag}.count", mix.count) if mix.count else (f"data.mixes.{tag}.ratio", mix.ratio)
-            raise DataError(f"{key}: {value} means {counts[tag]} mixed examples, more than the {n_user} user examples "
-                            "of data.train (mixed examples replace user examples)")  # fmt: skip
+        if counts[tag] > n_user:  # a count (validate keeps a ratio within [0, 1])
+            raise DataError(f"data.mixes.{tag}.count: {counts[tag]} mixed examples, more than the {n_user} user "
+                            "examples of data.train (mixed examples replace user examples)")  # fmt: skip
     if sum(counts.values()) > n_user:
         parts = " + ".join(f"{k} ({tag})" for tag, k in counts.items() if k)
         raise DataError(f"data.mixes: {parts} = {sum(counts.values())} mixed examples, more than the {n_user} user "
