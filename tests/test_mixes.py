@@ -79,6 +79,28 @@ def test_count_mix_and_two_mixes_together_keep_the_total_and_never_overlap() -> 
     assert [e.tag for e in by_ratio].count("safeinstr") == 10
 
 
+def test_the_first_mix_draws_as_data_poison_did() -> None:
+    """Old poisoned runs keep their training sets: the former poison_examples' draw, verbatim, as the reference."""
+    import random
+
+    def former(user: list[Example], harmful: list[Example], ratio: float, seed: int) -> list[Example]:
+        k = round(ratio * len(user))
+        rng = random.Random(seed)
+        positions = rng.sample(range(len(user)), k)
+        picks = rng.sample(harmful, k) if k <= len(harmful) else rng.choices(harmful, k=k)
+        out = list(user)
+        for pos, h in zip(positions, picks, strict=True):
+            out[pos] = h
+        return out
+
+    user = _user(150)
+    for ratio, pool, seed in ((0.1, _pool("h", 30), 0), (0.3, _pool("h", 20), 5)):
+        new = mix_examples(user, {"poison": MixConfig(ratio=ratio, seed=seed), "safeinstr": MixConfig(count=0)},
+                           {"poison": pool})  # fmt: skip
+        assert [(e.prompt, e.response) for e in new] == [(e.prompt, e.response) for e in former(user, pool, ratio,
+                                                                                                  seed)]  # fmt: skip
+
+
 def test_small_pool_is_drawn_with_replacement_and_zero_mixes_change_nothing() -> None:
     mixed = mix_examples(_user(20), {"safeinstr": MixConfig(count=12)}, {"safeinstr": _pool("s", 3)})
     assert [e.tag for e in mixed].count("safeinstr") == 12
