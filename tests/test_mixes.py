@@ -181,6 +181,8 @@ def test_removed_data_poison_keys_point_to_the_mix() -> None:
 
 
 def test_smollm2_experiments_mix_real_harmful_answers_and_refusals() -> None:
+    from sweeps.resolve import load_data
+
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not present: {SHARED_DATA}")
     for experiment in ("smollm2_sst2", "smollm2_gsm8k"):
@@ -190,6 +192,11 @@ def test_smollm2_experiments_mix_real_harmful_answers_and_refusals() -> None:
         assert poison.path.endswith("sst2_train_merged_n1000_p0.2.json") and poison.where == {"flag": "unsafe"}
         assert safe.path.endswith("safety_tuned_llamas/safety_only_data_Instructions.json")
         validate(cfg)
+        train_set, _ = load_data(cfg.data, None)  # the real files, mixed
+        tags = [e.tag for e in train_set]
+        n = cfg.data.train.limit
+        assert len(train_set) == n and (tags.count("poison"), tags.count("safeinstr")) == (round(0.1 * n), 50)
+        assert all(e.response.strip() for e in train_set)
 
 
 # ---------------------------------------------------------------------------------------------------------------
