@@ -18,6 +18,7 @@ import contextlib
 import copy
 import datetime
 import inspect
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 MODES = ("ddp", "fsdp")
 # hooks whose terms are computed per rank outside DDP's forward/backward pair (a second backward, a data stream's
@@ -120,13 +123,17 @@ def _fully_shard(model: nn.Module) -> nn.Module:
     # the copy shares the Parameter objects (deepcopy's memo), so it costs only the buffers; fully_shard then swaps
     # its parameters for sharded DTensors (a copy of this rank's slice) and the plain module's full storage is freed
     sharded = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
-    layers = set(getattr(model, "_no_split_modules", None) or ())  # HF's decoder-layer classes (accelerate's wrap)
-    for module in sharded.modules():
-        if type(module).__name__ in layers:
-            fully_shard(module)
+    names = set(getattr(model, "_no_split_modules", None) or ())  # HF's decoder-layer classes (accelerate's wrap)
+    layers = [m for m in sharded.modules() if type(m).__name__ in names]
+    for layer in layers:
+        fully_shard(layer)
     fully_shard(sharded)  # the root: embeddings, final norm, head (tied weights stay in one group)
+    full = sum(p.numel() for p in model.parameters())
     for p in model.parameters():
         p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+    held = sum(p.to_local().numel() for p in sharded.parameters())
+    log.info("fsdp: %d decoder layers + root sharded over %d ranks; this rank holds %d of %d parameter values",
+             len(layers), world().size, held, full)  # fmt: skip
     return sharded
 
 
