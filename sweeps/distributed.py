@@ -106,7 +106,7 @@ def wrap(model: nn.Module, w: World, mode: str = "ddp") -> nn.Module:
     if not w.active:
         return model
     if mode == "fsdp":
-        return _fully_shard(model)
+        return _fully_shard(model, w)
     device = next(model.parameters()).device
     ids = [device.index if device.index is not None else w.local_rank] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -117,23 +117,26 @@ def unwrap(trained: nn.Module) -> nn.Module:
     return trained.module if isinstance(trained, nn.parallel.DistributedDataParallel) else trained
 
 
-def _fully_shard(model: nn.Module) -> nn.Module:
+def _fully_shard(model: nn.Module, w: World) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # the mesh on the model's device type: fully_shard's default is the accelerator, even for a model.device=cpu trial
+    mesh = init_device_mesh(next(model.parameters()).device.type, (w.size,))
     # the copy shares the Parameter objects (deepcopy's memo), so it costs only the buffers; fully_shard then swaps
     # its parameters for sharded DTensors (a copy of this rank's slice) and the plain module's full storage is freed
     sharded = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
     names = set(getattr(model, "_no_split_modules", None) or ())  # HF's decoder-layer classes (accelerate's wrap)
     layers = [m for m in sharded.modules() if type(m).__name__ in names]
     for layer in layers:
-        fully_shard(layer)
-    fully_shard(sharded)  # the root: embeddings, final norm, head (tied weights stay in one group)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(sharded, mesh=mesh)  # the root: embeddings, final norm, head (tied weights stay in one group)
     full = sum(p.numel() for p in model.parameters())
     for p in model.parameters():
         p.data = torch.empty(0, dtype=p.dtype, device=p.device)
     held = sum(p.to_local().numel() for p in sharded.parameters())
     log.info("fsdp: %d decoder layers + root sharded over %d ranks; this rank holds %d of %d parameter values",
-             len(layers), world().size, held, full)  # fmt: skip
+             len(layers), w.size, held, full)  # fmt: skip
     return sharded
 
 
