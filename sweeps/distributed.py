@@ -1,17 +1,24 @@
 """Several processes for one trial (`torchrun --nproc_per_node N -m sweeps.train ...`): torch.distributed's own
-DDP, never a hand-written gradient all-reduce.
+DDP or FSDP2 (`fully_shard`), never a hand-written gradient all-reduce.
 
 torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; everything here reads them, so one process without torchrun is the
 world of size 1 and nothing changes. Every rank draws the same global batch (batch_size × world size) from the same
 seeded generator and trains on its slice, so 2 × batch 4 sees exactly the examples of 1 × batch 8. Evaluation and
 every file of the run dir are rank 0's; the other ranks stop after training.
+
+FSDP (`model.distributed=fsdp`, full fine-tuning): every decoder layer (the model's `_no_split_modules`) and the root
+are sharded with `fully_shard` on a copy of the model that shares its parameters, so the trial's plain module keeps
+its Parameter objects (the trial's Distance, the model pool) while its storage is freed for training; `gather()`
+refills rank 0's plain module with the full weights after training. EMA runs on each rank's local shards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import inspect
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,10 +27,15 @@ from typing import Any
 import torch
 from torch import nn
 
+log = logging.getLogger(__name__)
+
 MODES = ("ddp", "fsdp")
 # hooks whose terms are computed per rank outside DDP's forward/backward pair (a second backward, a data stream's
 # own forward, gradient surgery before the all-reduce is complete): a method using one is refused under DDP
 _UNSHARDABLE_HOOKS = ("before_step", "extra_loss", "step_loss", "after_backward")
+# under FSDP each rank holds 1/N of every parameter: only methods acting elementwise on the trained parameters run
+# (EMA, on the local shards); the others need full parameters (reference weights, a teacher, merges) and are refused
+_FSDP_METHODS = ("sweeps.methods.ema.EMA",)
 
 
 @dataclass(frozen=True)
@@ -89,13 +101,95 @@ def shard(rows: list, w: World) -> list:
     return rows[w.rank * per:(w.rank + 1) * per]
 
 
-def wrap(model: nn.Module, w: World) -> nn.Module:
-    """The module to train through: DDP; the model itself at size 1."""
+def wrap(model: nn.Module, w: World, mode: str = "ddp") -> nn.Module:
+    """The module to train through: DDP, or FSDP2's sharded copy (`mode` fsdp); the model itself at size 1."""
     if not w.active:
         return model
+    if mode == "fsdp":
+        return _fully_shard(model, w)
     device = next(model.parameters()).device
     ids = [device.index if device.index is not None else w.local_rank] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(trained: nn.Module) -> nn.Module:
+    """The module whose parameters train (the optimiser's and the methods'): the model, or FSDP's sharded copy."""
+    return trained.module if isinstance(trained, nn.parallel.DistributedDataParallel) else trained
+
+
+def _fully_shard(model: nn.Module, w: World) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    # the mesh on the model's device type: fully_shard's default is the accelerator, even for a model.device=cpu trial
+    mesh = init_device_mesh(next(model.parameters()).device.type, (w.size,))
+    # the copy shares the Parameter objects (deepcopy's memo), so it costs only the buffers; fully_shard then swaps
+    # its parameters for sharded DTensors (a copy of this rank's slice) and the plain module's full storage is freed
+    sharded = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
+    names = set(getattr(model, "_no_split_modules", None) or ())  # HF's decoder-layer classes (accelerate's wrap)
+    layers = [m for m in sharded.modules() if type(m).__name__ in names]
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(sharded, mesh=mesh)  # the root: embeddings, final norm, head (tied weights stay in one group)
+    full = sum(p.numel() for p in model.parameters())
+    for p in model.parameters():
+        p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+    held = sum(p.to_local().numel() for p in sharded.parameters())
+    log.info("fsdp: %d decoder layers + root sharded over %d ranks; this rank holds %d of %d parameter values",
+             len(layers), w.size, held, full)  # fmt: skip
+    return sharded
+
+
+def shard_methods(methods: Any, trained: nn.Module) -> None:
+    """FSDP: point EMA at each rank's local shards, after its setup() (DTensor has no foreach copy; the local shard
+    is the parameter's own storage, which the optimiser updates in place)."""
+    if not _is_fsdp(trained):
+        return
+    from sweeps.methods.ema import EMA
+
+    for m in methods.methods:
+        if isinstance(m, EMA):
+            m.params = [p.detach().to_local() for p in m.params]
+            m.shadow = [s.to_local() for s in m.shadow]
+
+
+def gather(trained: nn.Module, model: nn.Module, methods: Any) -> None:
+    """FSDP, after training: the full weights and EMA averages into rank 0's plain `model` (called on every rank:
+    all-gathers). Cost: rank 0 ends up holding the full model (and a full fp32 average) on its device for the
+    evaluation, which runs at one device's speed; the weights pass through the host once (cpu_offload)."""
+    if not _is_fsdp(trained):
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    from sweeps.methods.ema import EMA
+
+    main = world().is_main
+    full = get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if main:
+        for name, p in model.named_parameters():
+            p.data = full[name].to(p.device)
+    plain = dict(model.named_parameters())
+    sharded = dict(trained.named_parameters())
+    for m in methods.methods:
+        if isinstance(m, EMA):
+            shadow = [DTensor.from_local(s, sharded[n].device_mesh, sharded[n].placements, shape=sharded[n].shape,
+                                         stride=sharded[n].stride()).full_tensor()
+                      for n, s in zip(m.names, m.shadow, strict=True)]  # fmt: skip
+            m.params, m.shadow = ([plain[n] for n in m.names], shadow) if main else ([], [])
+
+
+def _is_fsdp(trained: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(trained, FSDPModule)
+
+
+def local(value: torch.Tensor) -> torch.Tensor:
+    """A plain tensor of a scalar that may be a replicated DTensor (the total grad norm of FSDP's gradients)."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
 
 
 def no_sync(trained: nn.Module, last: bool) -> contextlib.AbstractContextManager:
@@ -118,9 +212,6 @@ def distributed_errors(cfg: Any, w: World | None = None) -> list[str]:
     if m.distributed == "fsdp" and m.lora.enabled:
         errors.append("model.distributed: fsdp shards full fine-tuning only; with model.lora.enabled use ddp "
                       "(the adapters are small, DDP replicates them)")  # fmt: skip
-    elif m.distributed == "fsdp":
-        # not yet: rank 0's evaluation needs the sharded weights gathered into a plain module first
-        errors.append("model.distributed: fsdp is not supported yet (evaluation needs the gathered weights); use ddp")
     if not w.active:
         return errors
     local = int(os.environ.get("LOCAL_WORLD_SIZE", w.size))
@@ -141,7 +232,10 @@ def distributed_errors(cfg: Any, w: World | None = None) -> list[str]:
         from sweeps.methods import TrainingMethod
 
         hooks = [h for h in _UNSHARDABLE_HOOKS if _overrides(cls, TrainingMethod, h)]
-        if cls.streams or hooks:
+        if m.distributed == "fsdp" and f"{cls.__module__}.{cls.__qualname__}" not in _FSDP_METHODS:
+            errors.append(f"method.{key}: {cls.__name__} does not support model.distributed=fsdp (it needs the full "
+                          "parameters on every rank); use model.distributed=ddp")  # fmt: skip
+        elif cls.streams or hooks:
             why = f"its data stream ({', '.join(cls.streams)})" if cls.streams else f"its {hooks[0]} hook"
             errors.append(f"method.{key}: {cls.__name__} does not support several processes ({why} is not sharded); "
                           "run it without torchrun")  # fmt: skip

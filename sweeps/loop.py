@@ -16,6 +16,9 @@ Under torchrun (sweeps.distributed) every rank draws the same global batch of ba
 its slice through DDP; each rank's loss is weighted by its share of the GLOBAL step's response tokens (known on
 every rank from the global batch, no communication) times the world size, which DDP's gradient average cancels.
 The gradient is all-reduced once per step (no_sync on the other micro-batches); the logged loss is the ranks' mean.
+Under FSDP (`sharding="fsdp"`) the same loop trains the sharded copy: its gradients are reduce-scattered (averaged
+like DDP's) on every micro-batch, the grad norm and clipping act on the DTensor gradients (one global norm), the
+methods see the sharded copy, and `distributed.gather` hands rank 0's `model` the full weights at the end.
 """
 
 from __future__ import annotations
@@ -111,34 +114,38 @@ def train(
     resources: Resources | None = None,
     log_path: str | Path | None = None,
     sources: Sequence[str] | None = None,
+    sharding: str = "ddp",
 ) -> TrainResult:
     """Fine-tune `model` in place. `on_step(step, loss)` may return True to stop early (pruning).
 
     `precision` (sweeps.models.resolve_precision): forward and loss under its autocast, fp16 through a GradScaler
     (None runs the model in its own dtype); `resources` feeds the methods' data streams and reference weights;
     `log_path` gets one JSON line per step (pass it on rank 0 only); `sources` tags each example with its data source
-    (sweeps.data.mix_examples: user or a data mix), and the log counts each step's response tokens per tag.
+    (sweeps.data.mix_examples: user or a data mix), and the log counts each step's response tokens per tag;
+    `sharding`: ddp or fsdp under torchrun.
     """
     if not data:
         raise ValueError("no training examples")
     if sources is not None and len(sources) != len(data):
         raise ValueError(f"{len(sources)} sources for {len(data)} training examples")
     device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, optim)
     world = distributed.world()
+    trained = distributed.wrap(model, world, sharding)  # what forward goes through
+    module = distributed.unwrap(trained)  # whose parameters train: `model`, or FSDP's sharded copy of it
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, optim)
     n_steps = total_steps(len(data), optim, world.size)
     schedule = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[optim.scheduler]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=n_steps)
     generator = torch.Generator().manual_seed(seed)
     batches = _batches(len(data), optim.batch_size * world.size, generator)  # the global batch; each rank takes a slice
-    ctx = TrainingContext(model, optimizer, total_steps=n_steps, grad_accum=optim.grad_accum,
+    ctx = TrainingContext(module, optimizer, total_steps=n_steps, grad_accum=optim.grad_accum,
                           batch_size=optim.batch_size, pad_id=pad_id, resources=resources,
                           n_examples=len(data))  # fmt: skip
     methods.setup(ctx)  # in the caller's mode (eval: no dropout in statistics taken at θ_aligned)
+    distributed.shard_methods(methods, trained)
     ctx.frozen = True
-    model.train()
-    trained = distributed.wrap(model, world)  # what forward goes through; methods see `model`
+    module.train()
     forward_kwargs = {"output_hidden_states": True} if ctx.hidden else {}
     scaler = precision.grad_scaler() if precision is not None else None
     autocast = precision.autocast if precision is not None else contextlib.nullcontext
@@ -165,12 +172,12 @@ def train(
                     with autocast():
                         outputs = trained(**batch, **forward_kwargs)
                         loss = outputs.loss * (count / n_tokens) if count else torch.zeros((), device=device)
-                        term = methods.extra_loss(model, batch, outputs)
+                        term = methods.extra_loss(module, batch, outputs)
                         if term is not None:
                             loss = loss + term / optim.grad_accum
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 step_loss += loss.detach()
-            term = methods.step_loss(model)
+            term = methods.step_loss(module)
             if term is not None:
                 (scaler.scale(term) if scaler is not None else term).backward()
                 step_loss += term.detach()
@@ -178,11 +185,11 @@ def train(
             result.train_tokens += step_tokens
             if scaler is not None:
                 scaler.unscale_(optimizer)  # methods and clipping see the true gradients
-            methods.after_backward(model)
+            methods.after_backward(module)
             grads = [p.grad for p in params if p.grad is not None]
             grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
             terms = methods.step_log()
-            values = torch.stack([step_loss.float(), grad_norm.float().to(step_loss.device),
+            values = torch.stack([step_loss.float(), distributed.local(grad_norm).float().to(step_loss.device),
                                   *[torch.as_tensor(v, dtype=torch.float32, device=step_loss.device)
                                     for v in terms.values()]]).tolist()  # one host sync per optimiser step
             loss_value, norm_value = values[0], values[1]
@@ -217,11 +224,12 @@ def train(
                 break
         else:
             methods.finalize()  # ran to the last step: post-hoc merges happen before anything is evaluated
+        distributed.gather(trained, model, methods)  # FSDP: rank 0's plain model gets the full weights back
     finally:
         bar.close()
         if train_log is not None:
             train_log.close()
-        del trained  # DDP's reducer hooks go with it: evaluation and later trials use the plain module
+        del trained, module  # DDP's hooks / FSDP's shards go with it: evaluation and later trials use `model`
     model.eval()
     result.train_time_s = time.perf_counter() - start
     return result

@@ -156,8 +156,10 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     run_dir.mkdir(parents=True, exist_ok=True)
     result = train(model, encoded, cfg.optim, methods, pad_id=scorer.pad_id, seed=cfg.seed, progress=progress,
                    on_step=where.on_step, precision=precision, resources=resources,
-                   log_path=run_dir / "train_log.jsonl" if proc.is_main else None, sources=sources)  # fmt: skip
-    if not proc.is_main:  # the trial is rank 0's from here (the others' weights are the same after DDP)
+                   log_path=run_dir / "train_log.jsonl" if proc.is_main else None, sources=sources,
+                   sharding=cfg.model.distributed)  # fmt: skip
+    if not proc.is_main:  # the trial is rank 0's from here (after DDP the others' weights are the same; FSDP
+        # gathered the full weights into rank 0's model)
         return {"status": result.status, "steps": result.steps, "rank": proc.rank}
     where.stage = "evaluating"
     if checks is not None and checks.stop_reason:

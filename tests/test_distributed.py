@@ -1,10 +1,12 @@
 """Several processes (sweeps.distributed): torchrun with 2 gloo processes × batch 4 is the same trial as 1 process ×
-batch 8 on the same examples: loss curve, final weights and (with EMA) the evaluated weights, to float tolerance."""
+batch 8 on the same examples: loss curve, final weights and (with EMA) the evaluated weights, to float tolerance —
+under DDP and under FSDP2 (`model.distributed=fsdp`, full fine-tuning sharded over the 2 CPU processes)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -34,8 +36,12 @@ def _train(run_dir: Path, nproc: int, *overrides: str) -> subprocess.CompletedPr
                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
+def _log(run_dir: Path, key: str) -> list[float]:
+    return [json.loads(line)[key] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
 def _losses(run_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return _log(run_dir, "loss")
 
 
 @pytest.mark.parametrize(
@@ -45,8 +51,13 @@ def _losses(run_dir: Path) -> list[float]:
         # accumulation too: 1 × (4 × 2) vs 2 × (2 × 2), so no_sync and the global token weighting are exercised
         (["optim.batch_size=4"], ["optim.batch_size=2"], ["optim.grad_accum=2", "method=[ema]", "method.ema.eta=0.5"]),
         (["optim.batch_size=8"], ["optim.batch_size=4"], ["model.lora.enabled=true", "model.lora.dropout=0"]),
+        # FSDP: each rank trains half of every weight; EMA on the local shards (init=first: its copy path too),
+        # gathered for rank 0's evaluation. The default grad_clip 1.0 acts on every step (norms ≈ 20-50), so a
+        # per-shard norm instead of the global one would change the weights
+        (["optim.batch_size=4"], ["optim.batch_size=2", "model.distributed=fsdp"],
+         ["optim.grad_accum=2", "method=[ema]", "method.ema.eta=0.5", "method.ema.init=first"]),
     ],
-    ids=["plain", "ema-accum", "lora"],
+    ids=["plain", "ema-accum", "lora", "fsdp-ema-accum"],
 )
 def test_ddp_two_by_four_matches_one_by_eight(tmp_path, toy_root, single, per_rank, extra) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
@@ -54,7 +65,13 @@ def test_ddp_two_by_four_matches_one_by_eight(tmp_path, toy_root, single, per_ra
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = _train(two, 2, *per_rank, *TINY, *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    if "model.distributed=fsdp" in per_rank:  # sharded, not replicated: each rank holds its half of the values
+        found = re.findall(r"fsdp: (\d+) decoder layers \+ root sharded over 2 ranks; this rank holds (\d+) of (\d+)",
+                           proc.stdout + proc.stderr)  # fmt: skip
+        assert len(found) == 2 and all(int(layers) > 0 for layers, _, _ in found)
+        assert sum(int(held) for _, held, _ in found) == int(found[0][2]) > max(int(held) for _, held, _ in found)
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-5)
+    assert _log(two, "grad_norm") == pytest.approx(_log(one, "grad_norm"), rel=1e-4)
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     assert m2["effective_batch_size"] == m1["effective_batch_size"] == 8 and m2["world_size"] == 2
     assert m2["train_tokens"] == m1["train_tokens"]
@@ -63,7 +80,10 @@ def test_ddp_two_by_four_matches_one_by_eight(tmp_path, toy_root, single, per_ra
         assert w1.keys() == w2.keys()
         for key in w1:
             torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
+    if "method=[ema]" in extra:  # the evaluated weights are the average, not the live ones
+        assert m2["eval_weights"] == "method" and m2["ema/updates"] == m1["ema/updates"] == 3
     assert not list(two.glob("*.tmp")) and (two / "generations.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # one run dir per trial, whatever the ranks
 
 
 def test_bad_combination_stops_every_rank_before_training(tmp_path, toy_root) -> None:
@@ -98,7 +118,17 @@ def test_refusals_name_the_key(monkeypatch) -> None:
     assert _errors(_cfg(), size=1) == ""
     cfg = _cfg(distributed="fsdp")
     cfg.model.lora.enabled = True
-    assert "model.distributed: fsdp shards full fine-tuning only" in _errors(cfg)
+    assert _errors(cfg).splitlines() == ["model.distributed: fsdp shards full fine-tuning only; with "
+                                         "model.lora.enabled use ddp (the adapters are small, DDP replicates them)"]
+    cfg = _cfg(distributed="fsdp")  # full fine-tuning, alone or with EMA: runs
+    assert _errors(cfg) == ""
+    cfg.method = {"ema": {"_target_": "sweeps.methods.EMA"}}
+    assert _errors(cfg) == ""
+    for key, target in [("magmax", "MagMax"), ("agem", "AGEM"), ("lwf", "LwF")]:  # full parameters: one line each
+        cfg.method = {key: {"_target_": f"sweeps.methods.{target}"}}
+        assert _errors(cfg) == f"method.{key}: {target} does not support model.distributed=fsdp (it needs the full " \
+            "parameters on every rank); use model.distributed=ddp"  # fmt: skip
+    assert _errors(cfg, size=1) == ""  # one process: nothing is sharded
     assert "model.distributed: 'zero3'" in _errors(_cfg(distributed="zero3"))
     cfg = _cfg()
     cfg.trial.check_every = 5
@@ -121,4 +151,13 @@ def test_validate_reports_distributed_errors(monkeypatch) -> None:
     cfg = _cfg()
     cfg.trial.check_every = 3
     with pytest.raises(ConfigError, match=r"trial\.check_every: intermediate checks"):
+        validate(cfg)
+    # FSDP's refusals go the same way (the torchrun test above shows validate() stops every rank before training)
+    cfg = _cfg(distributed="fsdp")
+    cfg.method = {"magmax": {"_target_": "sweeps.methods.MagMax"}}
+    with pytest.raises(ConfigError, match=r"method\.magmax: MagMax does not support model\.distributed=fsdp"):
+        validate(cfg)
+    cfg = _cfg(distributed="fsdp")
+    cfg.model.lora.enabled = True
+    with pytest.raises(ConfigError, match=r"model\.distributed: fsdp shards full fine-tuning only"):
         validate(cfg)
