@@ -267,6 +267,12 @@ def command(job: Job, seeds: Sequence[int]) -> list[str]:
             "hydra/launcher=basic", f"hydra.sweep.dir={job.root}", "hydra.sweep.subdir=seed_${seed}"]  # fmt: skip
 
 
+def _child_env() -> dict[str, str]:
+    """The trials run this checkout's code (first on PYTHONPATH), whatever is installed."""
+    path = os.pathsep.join(p for p in (str(CONF.parent), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+
+
 def run_jobs(jobs: Sequence[Job], seeds: Sequence[int], desc: str) -> list[str]:
     """Run each job's missing seeds (one multirun subprocess per job); returns one line per failed job."""
     from tqdm.auto import tqdm
@@ -283,7 +289,7 @@ def run_jobs(jobs: Sequence[Job], seeds: Sequence[int], desc: str) -> list[str]:
             f.write("$ " + " ".join(command(job, missing)[1:]) + "\n")
             f.flush()
             proc = subprocess.run(command(job, missing), stdout=f, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                                  env=_child_env())  # fmt: skip
         left = [s for s in missing if not finished(job, s)]
         if proc.returncode != 0 or left:
             failures.append(f"row '{job.row.name}': seeds {left or missing} did not finish (exit {proc.returncode}); "
