@@ -437,8 +437,9 @@ def pareto_figure(study: Study, df: pd.DataFrame, path: Path) -> list[Path]:
             ax.errorbar(sub[x], sub[y], xerr=_yerr(sub, x), yerr=_yerr(sub, y), fmt=MARKERS[k % len(MARKERS)],
                         color=PALETTE[k % len(PALETTE)], markersize=4, elinewidth=0.6, capsize=1.5,
                         label=r["label"])  # fmt: skip
-        ax.set_xlabel(f"{NAMES.get(x, x)} ↑")
-        ax.set_ylabel("ASR ↓")
+        ax.set_xlabel(_axis(x))
+        ax.set_ylabel(_axis(y))
+        _rate_limits(ax, x, y)
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
         ax.set_title(study.title, fontsize=7)
         return save_figure_atomic(fig, path)
@@ -489,6 +490,7 @@ def distance_figure(study: Study, df: pd.DataFrame, path: Path) -> list[Path]:
                             label=str(g))  # fmt: skip
             ax.set_xlabel("‖θ − θ_aligned‖ / ‖θ_aligned‖")
             ax.set_ylabel(_axis(m))
+            _rate_limits(ax, None, m)
         axes[0][1].legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.suptitle(study.title, fontsize=7)
         files = save_figure_atomic(fig, path)
@@ -498,6 +500,14 @@ def distance_figure(study: Study, df: pd.DataFrame, path: Path) -> list[Path]:
 
 
 FIGURE_KINDS = {"pareto": pareto_figure, "sweep": sweep_figure, "distance": distance_figure}
+
+
+def _rate_limits(ax, x: str | None, y: str | None) -> None:
+    """Rates on their whole [0, 1] range: rows that all sit at 0 or 1 stay readable, figures stay comparable."""
+    if x in RATES:
+        ax.set_xlim(-0.03, 1.03)
+    if y in RATES:
+        ax.set_ylim(-0.03, 1.03)
 
 
 def _axis(m: str, percent: bool = False) -> str:
@@ -549,7 +559,11 @@ def main(argv: list[str] | None = None) -> int:
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    failures = [] if args.report_only else run_jobs(jobs, seeds, desc=study.name)
+    try:
+        failures = [] if args.report_only else run_jobs(jobs, seeds, desc=study.name)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are kept; rerun the same command to resume ({out})", file=sys.stderr)
+        return 130
     table = summarise(collect(jobs, seeds), study.metrics)
     files = write_report(study, table, out)
     print((out / "table.md").read_text())
