@@ -109,7 +109,7 @@ def load_study(name: str, scale: str = "toy", folder: Path = STUDIES) -> Study:
     if scale != "toy" and scale not in scales:
         raise AnalysisError(f"{where}: no scale '{scale}' (scales: toy{''.join(', ' + s for s in scales)})")
     extra = scales.get(scale) or {} if scale != "toy" else {}
-    _known(extra, {"overrides", "rows", "seeds"}, f"{where}: scales.{scale}")
+    _known(extra, {"overrides", "rows", "seeds", "metrics"}, f"{where}: scales.{scale}")
     table = raw.get("table") or {}
     _known(table, {"metrics", "figure", "x_label"}, f"{where}: table")
     rows = [_row(r, i, where) for i, r in enumerate(raw.get("rows") or [])]
@@ -123,7 +123,7 @@ def load_study(name: str, scale: str = "toy", folder: Path = STUDIES) -> Study:
     figure = table.get("figure", "pareto")
     if figure not in FIGURES:
         raise AnalysisError(f"{where}: table.figure: '{figure}' is not one of {', '.join(FIGURES)}")
-    metrics = _strings(table.get("metrics", ["asr", "utility_acc"]), f"{where}: table.metrics")
+    metrics = _strings(extra.get("metrics", table.get("metrics", ["asr", "utility_acc"])), f"{where}: table.metrics")
     if figure in ("pareto", "distance") and not ("asr" in metrics and any(m.startswith("utility") for m in metrics)):
         raise AnalysisError(f"{where}: table.metrics: a {figure} figure needs asr and a utility metric, got {metrics}")
     seeds = extra.get("seeds", raw.get("seeds", [0]))
@@ -495,7 +495,7 @@ def distance_figure(study: Study, df: pd.DataFrame, path: Path) -> list[Path]:
         fig.suptitle(study.title, fontsize=7)
         files = save_figure_atomic(fig, path)
     frame = df.assign(state="COMPLETE", method=df["group"])
-    objectives = [Objective("asr", "minimize"), Objective(util, "maximize")]
+    objectives = [Objective("asr", "minimize"), Objective(util, "minimize" if util in LOWER_IS_BETTER else "maximize")]
     return files + fronts_figure(frame, objectives, path.with_name(path.name + "_fronts"), by="method")
 
 
