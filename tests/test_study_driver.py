@@ -190,3 +190,12 @@ def test_an_unknown_study_or_a_bad_study_file_is_one_line(tmp_path, capsys) -> N
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert study.main(["cl_table1", "--model", "gpt9"]) == 2
     assert "no scale 'gpt9'" in capsys.readouterr().err
+
+
+def test_cl_study_alias_checks_table_n_as_the_study_cl_table_n(capsys) -> None:
+    from analysis import cl_study
+
+    assert cl_study.main(["--table", "4", "--check"]) == 0
+    assert "conf/study/cl_table4.yaml: 4 rows compose and validate (toy)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cl_study.main(["--table", "6"])
