@@ -108,7 +108,7 @@ def load_study(name: str, scale: str = "toy", folder: Path = STUDIES) -> Study:
     scales = raw.get("scales") or {}
     if scale != "toy" and scale not in scales:
         raise AnalysisError(f"{where}: no scale '{scale}' (scales: toy{''.join(', ' + s for s in scales)})")
-    extra = scales.get(scale) or {} if scale != "toy" else {}
+    extra = (scales.get(scale) or {}) if scale != "toy" else {}
     _known(extra, {"overrides", "rows", "seeds", "metrics"}, f"{where}: scales.{scale}")
     table = raw.get("table") or {}
     _known(table, {"metrics", "figure", "x_label"}, f"{where}: table")
@@ -118,8 +118,12 @@ def load_study(name: str, scale: str = "toy", folder: Path = STUDIES) -> Study:
     names = [r.name for r in rows]
     if dup := sorted({n for n in names if names.count(n) > 1}):
         raise AnalysisError(f"{where}: row '{dup[0]}' appears twice")
-    for r in rows:
-        r.overrides += _strings((extra.get("rows") or {}).get(r.name, []), f"{where}: scales.{scale}.rows.{r.name}")
+    own = {r.name: r for r in rows if r.source is None}
+    for name, more in (extra.get("rows") or {}).items():
+        if name not in own:  # a `from` row takes the other study's scale overrides
+            raise AnalysisError(f"{where}: scales.{scale}.rows: no row '{name}' with overrides of its own")
+        own[name].overrides += _strings(more, f"{where}: scales.{scale}.rows.{name}")
+    _known(raw.get("quick") or {}, {"rows"}, f"{where}: quick")
     figure = table.get("figure", "pareto")
     if figure not in FIGURES:
         raise AnalysisError(f"{where}: table.figure: '{figure}' is not one of {', '.join(FIGURES)}")

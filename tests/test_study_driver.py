@@ -181,12 +181,15 @@ def test_an_unknown_study_or_a_bad_study_file_is_one_line(tmp_path, capsys) -> N
                           ({"rows": [{"name": "a", "overrides": []}], "table": {"figure": "pie"}}, "table.figure"),
                           ({"rows": [{"name": "a", "overides": []}]}, "row 'a': unknown key 'overides'"),
                           ({"rows": [{"name": "a", "from": "nowhere/x"}]}, "row 'a': from: unknown study 'nowhere'"),
-                          ({"rows": [{"name": "a", "overrides": []}, {"name": "a", "overrides": []}]}, "twice")]:
+                          ({"rows": [{"name": "a", "overrides": []}, {"name": "a", "overrides": []}]}, "twice"),
+                          ({"rows": [{"name": "a", "overrides": []}], "scales": {"big": {"rows": {"b": []}}}},
+                           "scales.big.rows: no row 'b'")]:
         path = _write_study(tmp_path, "b", body)
         with pytest.raises(AnalysisError, match=message):
-            s = study.load_study(str(path))
+            s = study.load_study(str(path), "big" if "big" in message else "toy")
             study.plan(s, s.rows, tmp_path / "out", "toy")
-        assert study.main([str(path), "--out", str(tmp_path / "out")]) == 2
+        scale = ["--model", "big"] if "big" in message else []
+        assert study.main([str(path), "--out", str(tmp_path / "out"), *scale]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert study.main(["cl_table1", "--model", "gpt9"]) == 2
     assert "no scale 'gpt9'" in capsys.readouterr().err
