@@ -69,21 +69,23 @@ def harmful_verdicts(run_dir: str | Path) -> np.ndarray | None:
     return run_verdicts(run_dir, {"harmful": "attack_success"})["harmful"]
 
 
-def run_verdicts(run_dir: str | Path, fields: Mapping[str, str]) -> dict[str, np.ndarray | None]:
+def run_verdicts(run_dir: str | Path, fields: Mapping[str, str],
+                 weights: str | None = None) -> dict[str, np.ndarray | None]:
     """Per eval set in `fields` (set → verdict field, e.g. harmful: attack_success, overrefusal: refused, utility:
     correct), one 0/1 verdict per prompt for the evaluated weights, read in one pass over generations.jsonl; None
     for a set the file lacks.
 
     A run may hold rows for several weights ("start" with eval.baseline, "live" with eval.also_live); the ones
-    behind the run's metrics are metrics.json's `eval_weights`, else the first weights that are not "start".
+    behind the run's metrics are metrics.json's `eval_weights`, else the first weights that are not "start";
+    `weights` picks others (e.g. "interp/0.5", the rows of eval.interpolate).
     """
     out: dict[str, np.ndarray | None] = dict.fromkeys(fields)
     path = Path(run_dir) / "generations.jsonl"
     if not path.is_file():
         return out
-    wanted = None
+    wanted = weights
     metrics = Path(run_dir) / "metrics.json"
-    if metrics.is_file():
+    if wanted is None and metrics.is_file():
         try:
             wanted = json.loads(metrics.read_text()).get("eval_weights")
         except json.JSONDecodeError:

@@ -23,7 +23,8 @@ REAL = ("data/sst2.yaml", "data/gsm8k.yaml", "model/smollm2_aligned.yaml", "expe
 
 
 def _options() -> list[str]:
-    found = sorted(str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml") if p.parent != CONF)
+    found = sorted(str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")
+                   if p.parent != CONF and p.parent.name != "study")  # study/: analysis.study's, not a Hydra group
     assert found, "no config files found"
     return found
 

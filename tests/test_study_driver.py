@@ -1,0 +1,204 @@
+"""analysis.study: named study configs → resumable row × seed multiruns → tables (CSV / LaTeX / Markdown) + figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from analysis import study
+from analysis.errors import AnalysisError
+from tests.conftest import CACHE_DIR
+
+# a few prompts and steps: the driver is under test, not the science
+TINY = ["experiment=toy_aggressive", "optim.max_steps=3", "eval.asr.limit=6", "eval.asr.max_new_tokens=6",
+        "eval.accuracy_limit=4", "eval.accuracy_max_new_tokens=6", "data.overrefusal.limit=4", "data.refusal.limit=4",
+        "data.compliance.limit=4"]  # fmt: skip
+
+
+def _write_study(folder: Path, name: str, body: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def _stamps(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("metrics.json")}
+
+
+def test_driver_end_to_end_on_the_toy_world_then_resumes(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SWEEPS_CACHE_DIR", str(CACHE_DIR))
+    confs = tmp_path / "conf"
+    path = _write_study(confs, "tiny", {
+        "title": "tiny", "seeds": [0], "overrides": TINY,
+        "rows": [{"name": "sft", "label": "SFT", "overrides": ["method=[]", "eval.interpolate=[0.5]"],
+                  "paper": {"asr": 66.0}},
+                 {"name": "ewc", "overrides": ["method=[ewc]"]}],
+        "table": {"metrics": ["asr", "utility_acc", "distance_rel"], "figure": "distance"}})  # fmt: skip
+    out = tmp_path / "studies" / "tiny"
+    assert study.main([str(path), "--out", str(out)]) == 0
+    for row in ("sft", "ewc"):
+        metrics = json.loads((out / row / "seed_0" / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["steps"] == 3 and metrics["seed"] == 0
+    table = pd.read_csv(out / "table.csv")
+    # the rows, and the interpolation point at α = 0.5 that eval.interpolate added to the SFT row
+    assert table["row"].tolist() == ["sft", "sft_alpha0.5", "ewc"]
+    assert table["method"].tolist() == ["SFT", "SFT", "EWC λ=100"]  # labels from metrics.json `methods`
+    sft = json.loads((out / "sft" / "seed_0" / "metrics.json").read_text())
+    assert table.loc[0, "asr"] == pytest.approx(sft["asr"]) and table.loc[0, "asr_paper"] == 66.0
+    assert table.loc[1, "asr"] == pytest.approx(sft["interp/0.5/asr"])
+    assert table.loc[1, "distance_rel"] == pytest.approx(sft["distance_rel"] / 2, rel=1e-3)
+    assert not math.isnan(table.loc[1, "asr_boot_lo"])  # per-prompt verdicts of the interpolated weights
+    for f in ("table.tex", "table.md", "figure.pdf", "figure.png", "figure_fronts.png"):
+        assert (out / f).stat().st_size > 0, f
+    first_table = (out / "table.csv").read_text()
+    stamps = _stamps(out)
+
+    # resumed: nothing runs again, the same table comes out
+    capsys.readouterr()
+    assert study.main([str(path), "--out", str(out)]) == 0
+    assert _stamps(out) == stamps
+    assert (out / "table.csv").read_text() == first_table
+    assert (out / "sft" / "driver.log").read_text().count("\n$ ") == 0  # one command line only, from the first run
+
+    # a `from` row of another study reads these runs and runs nothing
+    other = _write_study(confs, "reuse", {"title": "reuse", "seeds": [0],
+                                          "rows": [{"name": "plain", "from": "tiny/sft", "paper": {"asr": 1.0}}],
+                                          "table": {"metrics": ["asr", "utility_acc"]}})  # fmt: skip
+    assert study.main([str(other), "--out", str(tmp_path / "studies" / "reuse")]) == 0
+    assert _stamps(out) == stamps and not (tmp_path / "studies" / "reuse" / "plain").exists()
+    reused = pd.read_csv(tmp_path / "studies" / "reuse" / "table.csv")
+    assert reused.loc[0, "asr"] == pytest.approx(sft["asr"])
+
+
+def _synthetic_run(folder: Path, seed: int, verdicts: list[int], interp: list[int] | None = None) -> None:
+    """A run dir as sweeps.train writes it: metrics.json (DER, λ = 0.5) and per-prompt verdicts."""
+    folder.mkdir(parents=True)
+    metrics = {"status": "completed", "seed": seed, "asr": sum(verdicts) / len(verdicts),
+               "utility_acc": 0.5 + seed / 10, "eval_weights": "live",
+               "methods": [{"name": "der", "target": "sweeps.methods.DER", "args": {"lam": 0.5, "size": None}}]}
+    rows = [{"set": "harmful", "attack_success": bool(v), "weights": "live"} for v in verdicts]
+    rows += [{"set": "harmful", "attack_success": True, "weights": "start"}]  # another weights' rows: not counted
+    if interp is not None:
+        metrics["interp/0.5/asr"] = sum(interp) / len(interp)
+        rows += [{"set": "harmful", "attack_success": bool(v), "weights": "interp/0.5"} for v in interp]
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_table_on_synthetic_run_dirs_mean_ci_bootstrap_and_formats(tmp_path) -> None:
+    path = _write_study(tmp_path / "conf", "syn", {
+        "title": "Synthetic", "paper_source": "Paper: Table 9.", "seeds": [0, 1, 2],
+        "rows": [{"name": "der", "overrides": ["method=[der]"], "paper": {"asr": 2.3, "utility_acc": 20.8}},
+                 {"name": "none", "label": "Missing", "overrides": []}],
+        "table": {"metrics": ["asr", "utility_acc"], "figure": "pareto"}})  # fmt: skip
+    s = study.load_study(str(path))
+    out = tmp_path / "out"
+    # ASR 0.2, 0.4, 0.6 over the seeds (5 prompts each); the α = 0.5 point: 0/5, 1/5, 2/5
+    for seed, k in enumerate((1, 2, 3)):
+        _synthetic_run(out / "der" / f"seed_{seed}", seed, [1] * k + [0] * (5 - k), [1] * (k - 1) + [0] * (6 - k))
+    jobs = study.plan(s, s.rows, out, "toy")
+    table = study.summarise(study.collect(jobs, s.seeds), s.metrics)
+    files = study.write_report(s, table, out)
+
+    der = table.iloc[0]
+    assert der["label"] == "DER λ=0.5" and der["n_seeds"] == 3 and der["seeds"] == "0,1,2"
+    # Student t, 2 degrees of freedom: t(0.975, 2) = 4.302653; std of (0.2, 0.4, 0.6) = 0.2
+    half = 4.302653 * 0.2 / math.sqrt(3)
+    assert der["asr"] == pytest.approx(0.4) and der["asr_std"] == pytest.approx(0.2)
+    assert (der["asr_ci_lo"], der["asr_ci_hi"]) == pytest.approx((0.4 - half, 0.4 + half), abs=1e-5)
+    assert der["utility_acc"] == pytest.approx(0.6) and der["asr_paper"] == 2.3
+    # bootstrap over prompts (stratified by seed): the mean of the resampled means brackets the mean, within [0, 1]
+    assert 0 <= der["asr_boot_lo"] < 0.4 < der["asr_boot_hi"] <= 1 and der["asr_boot_hi"] - der["asr_boot_lo"] < 0.6
+    interp = table[table["row"] == "der_alpha0.5"].iloc[0]
+    assert interp["asr"] == pytest.approx(0.2) and interp["group"] == "interpolation" and interp["x"] == 0.5
+    assert interp["asr_boot_lo"] < 0.2 < interp["asr_boot_hi"]
+    assert table[table["row"] == "none"].iloc[0]["n_seeds"] == 0  # no runs: an empty row, not an error
+
+    assert [f.name for f in files] == ["table.csv", "table.tex", "table.md", "figure.pdf", "figure.png"]
+    csv = pd.read_csv(out / "table.csv")
+    assert csv.loc[0, "asr_ci_hi"] == pytest.approx(0.4 + half, abs=1e-5)
+    md = (out / "table.md").read_text()
+    assert f"| DER λ=0.5 | 40.0 ± {half * 100:.1f} |" in md  # rates in %, ± the CI's half-width
+    assert "| 2.3 |" in md and "paper ASR %" in md and "Paper: Table 9." in md
+    assert "| Missing | – |" in md
+    tex = (out / "table.tex").read_text()
+    assert r"\toprule" in tex and r"40.0 $\pm$ " in tex and r"ASR \%" in tex and r"\label{tab:syn}" in tex
+
+
+def test_every_shipped_study_loads_at_both_scales_and_the_benign_ones_validate() -> None:
+    names = study.study_names()
+    assert {"cl_table1", "cl_table2", "cl_table3", "cl_table4", "cl_table5", "ema"} <= set(names)
+    for name in names:
+        for scale in ("toy", "smollm2"):
+            s = study.load_study(name, scale)
+            jobs = study.plan(s, s.rows, Path("studies") / scale / name, scale)
+            assert len(jobs) == len(s.rows) and study.select_rows(s, quick=True)
+    s = study.load_study("cl_table1", "smollm2")
+    assert {"model.lora.r=8", "model.lora.alpha=4", "model.lora.dropout=0.1", "optim.lr=5e-5", "optim.batch_size=5",
+            "optim.scheduler=cosine", "optim.weight_decay=0.1"} <= set(s.overrides)  # the paper's LoRA recipe
+    for name in ("cl_table1", "ema"):  # the studies that need no data mixes (data.mixes.*)
+        s = study.load_study(name)
+        study.check(s, study.plan(s, s.rows, Path("studies/toy") / name, "toy"))
+    # Table 4 only reads other tables' runs
+    t4 = study.load_study("cl_table4")
+    roots = {j.root.as_posix() for j in study.plan(t4, t4.rows, Path("studies/toy/cl_table4"), "toy")}
+    assert roots == {"studies/toy/cl_table1/sft", "studies/toy/cl_table1/der", "studies/toy/cl_table1/lwf",
+                     "studies/toy/cl_table3/lisa_p0"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("optim.lr=abc", "could not be converted to Float"),
+     ("optim.nope=1", "Could not override 'optim.nope'"),
+     ("optim.lr=-1", "optim.lr: must be > 0"),
+     ("method=[nope]", "Could not load 'method/nope'")],
+)  # fmt: skip
+def test_a_bad_row_is_one_line_naming_the_file_and_row_before_anything_runs(tmp_path, capsys, override,
+                                                                            message) -> None:  # fmt: skip
+    path = _write_study(tmp_path / "conf", "bad", {
+        "seeds": [0], "overrides": ["experiment=toy_aggressive"],
+        "rows": [{"name": "fine", "overrides": ["method=[]"]}, {"name": "broken", "overrides": [override]}]})
+    out = tmp_path / "out"
+    assert study.main([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {path}: row 'broken': ") and message in err, err
+    assert not out.exists()  # nothing ran, nothing written
+
+
+def test_an_unknown_study_or_a_bad_study_file_is_one_line(tmp_path, capsys) -> None:
+    assert study.main(["no_such_study"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown study 'no_such_study'" in err and "conf/study" in err
+    assert "cl_table1" in err  # the known names
+    for body, message in [({"rows": []}, "the study has no rows"),
+                          ({"rows": [{"name": "a", "overrides": []}], "table": {"figure": "pie"}}, "table.figure"),
+                          ({"rows": [{"name": "a", "overides": []}]}, "row 'a': unknown key 'overides'"),
+                          ({"rows": [{"name": "a", "from": "nowhere/x"}]}, "row 'a': from: unknown study 'nowhere'"),
+                          ({"rows": [{"name": "a", "overrides": []}, {"name": "a", "overrides": []}]}, "twice"),
+                          ({"rows": [{"name": "a", "overrides": []}], "scales": {"big": {"rows": {"b": []}}}},
+                           "scales.big.rows: no row 'b'")]:
+        path = _write_study(tmp_path, "b", body)
+        with pytest.raises(AnalysisError, match=message):
+            s = study.load_study(str(path), "big" if "big" in message else "toy")
+            study.plan(s, s.rows, tmp_path / "out", "toy")
+        scale = ["--model", "big"] if "big" in message else []
+        assert study.main([str(path), "--out", str(tmp_path / "out"), *scale]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert study.main(["cl_table1", "--model", "gpt9"]) == 2
+    assert "no scale 'gpt9'" in capsys.readouterr().err
+
+
+def test_cl_study_alias_checks_table_n_as_the_study_cl_table_n(capsys) -> None:
+    from analysis import cl_study
+
+    assert cl_study.main(["--table", "4", "--check"]) == 0
+    assert "conf/study/cl_table4.yaml: 4 rows compose and validate (toy)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cl_study.main(["--table", "6"])
