@@ -199,9 +199,10 @@ def no_sync(trained: nn.Module, last: bool) -> contextlib.AbstractContextManager
     return trained.no_sync()
 
 
-def distributed_errors(cfg: Any, w: World | None = None) -> list[str]:
+def distributed_errors(cfg: Any, w: World | None = None, nproc_key: str = "nproc_per_node") -> list[str]:
     """Combinations several processes cannot run correctly, one line each naming the key (checked on every rank
-    before any model is loaded, so nothing trains)."""
+    before any model is loaded, so nothing trains; and by the sweeper for launch=torchrun, whose key for the number of
+    processes is `nproc_key`)."""
     from sweeps.methods._base import resolve
 
     w = w or world()
@@ -219,8 +220,10 @@ def distributed_errors(cfg: Any, w: World | None = None) -> list[str]:
         if m.device not in ("auto", "cuda"):
             errors.append(f"model.device: '{m.device}' under torchrun; use auto or cuda (rank r takes cuda:LOCAL_RANK)")
         if local > torch.cuda.device_count():
-            errors.append(f"nproc_per_node: {local} processes on this node but {torch.cuda.device_count()} CUDA "
-                          "device(s)")  # fmt: skip
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            shown = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+            errors.append(f"{nproc_key}: {local} processes on this node but {torch.cuda.device_count()} CUDA "
+                          f"device(s){shown}")  # fmt: skip
     if cfg.trial.check_every:
         errors.append("trial.check_every: intermediate checks run on one process and cannot stop the others; "
                       "use 0 under torchrun")  # fmt: skip

@@ -26,6 +26,8 @@ class SafetySweeperConf:
     worst: dict[str, float] = field(default_factory=lambda: {"asr": 1.0, "utility_acc": 0.0})
     max_failure_rate: float = 0.5
     lease_seconds: float = 120.0
+    launch: str = "hydra"
+    nproc_per_node: int = 1
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="safety", node=SafetySweeperConf, provider="safety_sweeper")

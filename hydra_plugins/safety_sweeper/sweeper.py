@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -19,7 +20,15 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from hydra_plugins.safety_sweeper.config import SafetySweeperConf  # noqa: F401  (registers the config)
 from sweeps.config import ConfigError, TrainConfig
-from sweeps.study.runner import ComposeError, Outcome, Sweep, SweepError, SweepSettings
+from sweeps.study.runner import (
+    ComposeError,
+    Outcome,
+    Sweep,
+    SweepError,
+    SweepSettings,
+    run_torchrun,
+    torchrun_command,
+)
 from sweeps.study.space import SearchSpaceError
 from sweeps.validate import removed_key_error, to_train_config, validate
 
@@ -58,6 +67,8 @@ class SafetySweeper(Sweeper):
         )
 
     def _launch(self, overrides: list[list[str]], numbers: list[int]) -> list[Outcome]:
+        if self.settings.launch == "torchrun":
+            return [self._torchrun(o, n) for o, n in zip(overrides, numbers, strict=True)]
         # job numbers = trial numbers, so each trial's run dir is <sweep dir>/<trial number>
         if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
             rets = self.launcher.launch([tuple(o) for o in overrides], initial_job_idx=numbers[0])
@@ -66,12 +77,37 @@ class SafetySweeper(Sweeper):
                     for r in self.launcher.launch([tuple(o)], initial_job_idx=n)]  # fmt: skip
         return [_outcome(r) for r in rets]
 
+    def _torchrun(self, overrides: list[str], number: int) -> Outcome:
+        """One trial as `torchrun ... -m sweeps.train <overrides> hydra.run.dir=<its run dir>`: the run dir is the one
+        Hydra's launcher would give job `number` (<sweep dir>/<hydra.sweep.subdir>), so the study looks the same."""
+        assert self.config is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.num = cfg.hydra.job.id = number
+        run_dir = Path(self.config.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
+        log.info("trial %d: torchrun with %d process(es) into %s", number, self.settings.nproc_per_node, run_dir)
+        args = ["-m", "sweeps.train", *self._app_args(), *overrides, f"hydra.run.dir={run_dir}"]
+        return run_torchrun(torchrun_command(self.settings.nproc_per_node, args), run_dir)
+
+    def _app_args(self) -> list[str]:
+        """The command line's config name/dir and the hydra overrides that shape a job (logging, verbosity, ...);
+        not the sweeper's, the launcher's or the run/sweep dirs, which the trial's own process does not use."""
+        assert self.config is not None
+        h = self.config.hydra
+        args = [f"--config-name={h.job.config_name}"]
+        args += [f"--config-dir={s.path.removeprefix('file://')}" for s in h.runtime.config_sources
+                 if s.provider == "command-line"]  # fmt: skip
+        skip = ("hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher", "hydra.sweep.", "hydra.run.",
+                "hydra.mode")  # fmt: skip
+        return args + [o for o in h.overrides.hydra if not o.lstrip("+~").startswith(skip)]
+
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None
         sweep_dir = Path(self.config.hydra.sweep.dir)
         try:
             self._check_launcher()
-            sweep = Sweep(self.settings, arguments, sweep_dir, compose=self._compose, validate=_validate)
+            validate = functools.partial(_validate, nproc=self.settings.nproc_per_node)
+            sweep = Sweep(self.settings, arguments, sweep_dir, compose=self._compose, validate=validate)
             counts = sweep.run(self._launch)
         except (SweepError, SearchSpaceError) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -83,6 +119,9 @@ class SafetySweeper(Sweeper):
         return counts
 
     def _check_launcher(self) -> None:
+        if self.settings.launch == "torchrun" and not isinstance(self.launcher, BasicLauncher):
+            raise SweepError(f"hydra.sweeper.launch: torchrun starts every trial on this machine, but the launcher is "
+                             f"{type(self.launcher).__name__} (e.g. cluster=slurm); use one or the other")
         if self.settings.n_jobs > 1 and isinstance(self.launcher, BasicLauncher):
             raise SweepError(f"hydra.sweeper.n_jobs: {self.settings.n_jobs} trials at a time need a parallel launcher "
                              "(e.g. cluster=slurm); Hydra's basic launcher would run them one after another, each "
@@ -104,13 +143,19 @@ class SafetySweeper(Sweeper):
             raise ComposeError(str(e)) from None
 
 
-def _validate(cfg: TrainConfig) -> list[str]:
-    """The value checks every trial runs first (sweeps.config.validate), one line per problem."""
+def _validate(cfg: TrainConfig, nproc: int = 1) -> list[str]:
+    """The value checks every trial runs first (sweeps.config.validate), one line per problem; with nproc > 1 also
+    those its ranks will run under torchrun (this process is a world of one), with nproc_per_node named as ours."""
+    lines = []
     try:
         validate(cfg)
     except ConfigError as e:
-        return [line.strip() for line in str(e).splitlines() if line.strip() and line.strip() != "invalid config:"]
-    return []
+        lines = [line.strip() for line in str(e).splitlines() if line.strip() and line.strip() != "invalid config:"]
+    if nproc > 1:
+        from sweeps.distributed import World, distributed_errors
+
+        lines += distributed_errors(cfg, World(nproc, 0, 0), nproc_key="hydra.sweeper.nproc_per_node")
+    return list(dict.fromkeys(lines))
 
 
 def _one_line(e: Exception) -> str:

@@ -10,10 +10,15 @@ import contextlib
 import json
 import logging
 import math
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +28,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import Trial, TrialState
 
+from sweeps.rundir import atomic_write_text
 from sweeps.study.lease import DEAD, EXPIRED, describe, new_lease, process_start, verdict
 from sweeps.study.metrics import available_metrics, check_problems
 from sweeps.study.space import (
@@ -48,6 +54,7 @@ DIRECTIONS = ("minimize", "maximize")
 FAILURE_POLICIES = ("fail", "infeasible")
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
+LAUNCHES = ("hydra", "torchrun")
 
 
 class SweepError(RuntimeError):
@@ -76,6 +83,10 @@ class SweepSettings:
     # a RUNNING trial whose worker stopped renewing this long ago is failed and re-queued (a dead worker on the same
     # host at once, see sweeps.study.lease)
     lease_seconds: float = 120.0
+    # hydra: each trial is a job of Hydra's launcher (in this process, or cluster=slurm); torchrun: each trial is a
+    # `torchrun --standalone --nproc_per_node N -m sweeps.train` subprocess (run_torchrun below)
+    launch: str = "hydra"
+    nproc_per_node: int = 1
 
 
 @dataclass
@@ -86,6 +97,63 @@ class Outcome:
 
 
 Launch = Callable[[list[list[str]], list[int]], list[Outcome]]
+
+STDERR_TAIL = "torchrun_stderr.txt"  # a failed torchrun trial's last stderr lines, in its run dir
+_TAIL_LINES = 200
+# torchrun's own variables: a sweeper started inside a torchrun job must not hand its rank to the trial's ranks
+_TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
+                 "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # fmt: skip
+
+
+def torchrun_command(nproc: int, args: list[str]) -> list[str]:
+    """`torchrun --standalone` (a free rendezvous port per job, so workers on one machine do not collide), through
+    this interpreter so that the trial runs in the sweeper's environment."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+
+
+def run_torchrun(command: list[str], run_dir: str | Path) -> Outcome:
+    """Run one trial's torchrun job to its end; its outcome is the metrics.json rank 0 wrote into run_dir. A non-zero
+    exit (any rank failed, or the job was killed) is a failed trial even if a metrics.json exists; its stderr tail is
+    kept in run_dir/STDERR_TAIL. The job's stderr is passed on live, stdout is inherited."""
+    run_dir = Path(run_dir)
+    env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}  # CUDA_VISIBLE_DEVICES passes through
+    tail: deque[str] = deque(maxlen=_TAIL_LINES)
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                sys.stderr.write(line)
+                tail.append(line)
+            code = proc.wait()
+        except BaseException:  # Ctrl-C or a sweeper error: stop the job (torchrun passes SIGTERM on to its ranks)
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    metrics_file = run_dir / "metrics.json"
+    if code == 0 and metrics_file.is_file():
+        try:
+            return Outcome(metrics=json.loads(metrics_file.read_text()), run_dir=str(run_dir))
+        except (OSError, ValueError) as e:
+            return Outcome(metrics=None, error=f"{metrics_file}: unreadable ({e})", run_dir=str(run_dir))
+    atomic_write_text(run_dir / STDERR_TAIL, "".join(tail))
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+    if code == 0:
+        how = "exited with 0 but rank 0 wrote no metrics.json"
+    cause = _cause(list(tail))
+    return Outcome(metrics=None, error=f"torchrun {how}{': ' + cause if cause else ''} (stderr tail: "
+                   f"{run_dir / STDERR_TAIL})", run_dir=str(run_dir))  # fmt: skip
+
+
+_ERROR_LINE = re.compile(r"^(error: |([A-Za-z_][\w.]*)?(Error|Exception|Interrupt): )")
+
+
+def _cause(lines: list[str]) -> str:
+    """The ranks' last error line (`error: ...` or `SomeError: ...`), not torchrun's own ChildFailedError summary."""
+    found = [line.strip() for line in lines if _ERROR_LINE.match(line) and "ChildFailedError" not in line]
+    return found[-1][:500] if found else ""
 
 
 def parse_constraint(spec: str) -> tuple[str, str, float]:
@@ -151,6 +219,22 @@ def check_settings(s: SweepSettings) -> list[str]:
             parse_constraint(spec)
         except SweepError as e:
             errors.append(str(e))
+    return errors + _launch_errors(s)
+
+
+def _launch_errors(s: SweepSettings) -> list[str]:
+    if s.launch not in LAUNCHES:
+        return [f"hydra.sweeper.launch: '{s.launch}' is not one of {list(LAUNCHES)}"]
+    if not isinstance(s.nproc_per_node, int) or s.nproc_per_node < 1:
+        return [f"hydra.sweeper.nproc_per_node: must be an integer >= 1, got {s.nproc_per_node}"]
+    errors = []
+    if s.launch == "hydra" and s.nproc_per_node > 1:
+        errors.append(f"hydra.sweeper.nproc_per_node: {s.nproc_per_node} processes per trial need "
+                      "hydra.sweeper.launch=torchrun")  # fmt: skip
+    if s.launch == "torchrun" and s.n_jobs > 1:
+        errors.append(f"hydra.sweeper.n_jobs: launch=torchrun runs one trial at a time ({s.nproc_per_node} "
+                      "process(es) each); for trials side by side start the command several times, each worker "
+                      "with its own CUDA_VISIBLE_DEVICES")  # fmt: skip
     return errors
 
 
