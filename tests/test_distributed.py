@@ -1,6 +1,7 @@
 """Several processes (sweeps.distributed): torchrun with 2 gloo processes × batch 4 is the same trial as 1 process ×
 batch 8 on the same examples: loss curve, final weights and (with EMA) the evaluated weights, to float tolerance —
-under DDP and under FSDP2 (`model.distributed=fsdp`, full fine-tuning sharded over the 2 CPU processes)."""
+under DDP and under FSDP2 (`model.distributed=fsdp`, full fine-tuning sharded over the 2 CPU processes). And the
+sweeper's `hydra.sweeper.launch=torchrun`: each trial one 2-process torchrun job."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from optuna.trial import TrialState
 from safetensors.torch import load_file
 
+from hydra_plugins.safety_sweeper.sweeper import _validate
 from sweeps import distributed
 from sweeps.config import ConfigError, DatasetConfig, TrainConfig
+from sweeps.study.runner import STDERR_TAIL, SweepSettings, check_settings, run_torchrun
 from sweeps.validate import validate
 from tests.conftest import CACHE_DIR, PYTHON, ROOT
+from tests.test_sweeps import SPACE, _study, _sweep
 
 # SGD: AdamW's g/√v turns float-rounding differences of near-zero gradients into lr-sized steps, so its weights
 # would agree only to ~lr; SGD's update is linear in the gradient and the weights agree to float tolerance
@@ -161,3 +166,84 @@ def test_validate_reports_distributed_errors(monkeypatch) -> None:
     cfg.model.lora.enabled = True
     with pytest.raises(ConfigError, match=r"model\.distributed: fsdp shards full fine-tuning only"):
         validate(cfg)
+
+
+# each trial a 2-process torchrun job; smaller than test_sweeps' TINY (every trial pays torchrun's start twice)
+TORCHRUN = ["hydra.sweeper.launch=torchrun", "hydra.sweeper.nproc_per_node=2", "optim.max_steps=2",
+            "eval.asr.limit=4", "data.utility.limit=4", "data.overrefusal.limit=4", "eval.asr.max_new_tokens=4",
+            "eval.accuracy_max_new_tokens=4"]  # fmt: skip
+
+
+def test_sweep_launches_each_trial_as_a_torchrun_job(tmp_path, toy_root) -> None:
+    proc = _sweep(tmp_path, "tr", *SPACE, *TORCHRUN, "hydra.sweeper.n_trials=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = _study(tmp_path, "tr").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:  # one run dir per trial, where Hydra's launcher would have put it, written by rank 0
+        run_dir = Path(t.user_attrs["run_dir"])
+        assert run_dir == tmp_path / str(t.number)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and metrics["status"] == "completed"
+        assert t.values == [metrics["asr"], metrics["utility_acc"]]
+        assert metrics["effective_batch_size"] == 2 * t.params["optim.batch_size"]
+        assert not (run_dir / STDERR_TAIL).exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_failed_torchrun_trial_fails_and_bad_world_stops_before_any_trial(tmp_path, toy_root) -> None:
+    # flash_attention_2 passes every config check but cannot load here (no flash-attn, no CUDA): each rank raises
+    fail = tmp_path / "fail"
+    proc = _sweep(fail, "fail", "optim.lr=tag(log, interval(1e-4, 1e-3))", *TORCHRUN, "hydra.sweeper.n_trials=1",
+                  "model.attn_implementation=flash_attention_2", "hydra.sweeper.max_failure_rate=1.0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [trial] = _study(fail, "fail").trials
+    assert trial.state == TrialState.FAIL
+    reason = trial.user_attrs["fail_reason"]
+    assert reason.startswith("torchrun exited with 1: ImportError: FlashAttention2 has been toggled on"), reason
+    assert not (fail / "0" / "metrics.json").exists()
+    assert "ChildFailedError" in (fail / "0" / STDERR_TAIL).read_text()
+    # a method the trial's 2 ranks would refuse is refused by the sweeper, before any trial is asked
+    bad = tmp_path / "bad"
+    proc = _sweep(bad, "bad", "optim.lr=tag(log, interval(1e-4, 1e-3))", *TORCHRUN, "method=[agem]")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: search space: method.agem: AGEM does not support several processes" in proc.stderr
+    assert not list(bad.glob("*/"))  # no run dir
+
+
+@pytest.mark.parametrize(
+    ("script", "reason"),
+    [
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "torchrun was killed by signal 9"),
+        # rank 0 finished, another rank did not: the job failed, whatever rank 0 wrote
+        ("import pathlib, sys; pathlib.Path(sys.argv[1], 'metrics.json').write_text('{}'); "
+         "sys.exit('error: rank 1 lost')", "torchrun exited with 1: error: rank 1 lost"),
+    ],
+    ids=["killed", "rank-failed"],
+)
+def test_failed_or_killed_job_is_a_failed_outcome(tmp_path, script, reason) -> None:
+    out = run_torchrun([PYTHON, "-c", script, str(tmp_path)], tmp_path)
+    assert out.metrics is None and out.run_dir == str(tmp_path)
+    assert out.error == f"{reason} (stderr tail: {tmp_path / STDERR_TAIL})"
+    assert (tmp_path / STDERR_TAIL).exists()
+
+
+def test_launch_settings_name_the_key(monkeypatch) -> None:
+    def errors(**kw) -> list[str]:
+        return check_settings(SweepSettings(**kw))
+
+    assert errors(launch="torchrun", nproc_per_node=8) == []  # on CPU (gloo) any N
+    assert errors(launch="mpirun") == ["hydra.sweeper.launch: 'mpirun' is not one of ['hydra', 'torchrun']"]
+    assert errors(launch="torchrun", nproc_per_node=0) == ["hydra.sweeper.nproc_per_node: must be an integer >= 1, "
+                                                           "got 0"]  # fmt: skip
+    assert errors(nproc_per_node=2) == ["hydra.sweeper.nproc_per_node: 2 processes per trial need "
+                                        "hydra.sweeper.launch=torchrun"]  # fmt: skip
+    assert errors(launch="torchrun", n_jobs=2)[0].startswith("hydra.sweeper.n_jobs: launch=torchrun runs one trial")
+    # the trial's devices: as many CUDA devices as processes, counted in this worker's CUDA_VISIBLE_DEVICES
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert "hydra.sweeper.nproc_per_node: 2 processes on this node but 1 CUDA device(s) (CUDA_VISIBLE_DEVICES=3)" \
+        in _validate(_cfg(device="auto"), nproc=2)  # fmt: skip
+    assert _validate(_cfg(device="auto"), nproc=1) == []
+    assert _validate(_cfg(device="cpu"), nproc=4) == []
