@@ -9,7 +9,9 @@ every file of the run dir are rank 0's; the other ranks stop after training.
 FSDP (`model.distributed=fsdp`, full fine-tuning): every decoder layer (the model's `_no_split_modules`) and the root
 are sharded with `fully_shard` on a copy of the model that shares its parameters, so the trial's plain module keeps
 its Parameter objects (the trial's Distance, the model pool) while its storage is freed for training; `gather()`
-refills rank 0's plain module with the full weights after training. EMA runs on each rank's local shards.
+refills rank 0's plain module with the full weights after training. EMA runs on each rank's local shards. Only rank
+0 reads the weights: the other ranks build the model on the meta device (`builds_on_meta`, no memory) and receive
+their shards from rank 0 after `fully_shard`, so no host or device ever holds one full copy per rank.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ def world() -> World:
     """This process's place, from torchrun's environment (size 1 without it)."""
     env = os.environ
     return World(int(env.get("WORLD_SIZE", 1)), int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)))
+
+
+def builds_on_meta(model_cfg: Any) -> bool:
+    """FSDP under torchrun, a rank other than 0: build the model on the meta device; its shards come from rank 0."""
+    w = world()
+    return w.active and not w.is_main and model_cfg.distributed == "fsdp"
 
 
 def init(device: str = "auto") -> World:
@@ -118,11 +126,19 @@ def unwrap(trained: nn.Module) -> nn.Module:
 
 
 def _fully_shard(model: nn.Module, w: World) -> nn.Module:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    # the mesh on the model's device type: fully_shard's default is the accelerator, even for a model.device=cpu trial
-    mesh = init_device_mesh(next(model.parameters()).device.type, (w.size,))
+    meta = any(p.is_meta for p in model.parameters())  # builds_on_meta: this rank has no weights of its own
+    # nccl: init() made cuda:LOCAL_RANK current; the mesh on the trial's device type, as fully_shard's default is the
+    # accelerator even for a model.device=cpu trial
+    nccl = torch.distributed.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    if not meta:
+        device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (w.size,))
+    full_weights = model.state_dict() if w.is_main else {}  # rank 0's, broadcast into every rank's shards below
     # the copy shares the Parameter objects (deepcopy's memo), so it costs only the buffers; fully_shard then swaps
     # its parameters for sharded DTensors (a copy of this rank's slice) and the plain module's full storage is freed
     sharded = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
@@ -131,12 +147,22 @@ def _fully_shard(model: nn.Module, w: World) -> nn.Module:
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(sharded, mesh=mesh)  # the root: embeddings, final norm, head (tied weights stay in one group)
+    if meta:
+        sharded.to_empty(device=device)  # storage for this rank's shards (and the buffers), filled next
+    # each full tensor is broadcast from rank 0 once, every rank keeps its slice (torch.distributed.checkpoint)
+    set_model_state_dict(sharded, full_weights,
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))  # fmt: skip
+    del full_weights
+    with torch.no_grad():
+        for b in sharded.buffers():  # unsharded; non-persistent ones (rotary inv_freq) are in no state dict
+            torch.distributed.broadcast(b, src=0)
     full = sum(p.numel() for p in model.parameters())
     for p in model.parameters():
         p.data = torch.empty(0, dtype=p.dtype, device=p.device)
     held = sum(p.to_local().numel() for p in sharded.parameters())
-    log.info("fsdp: %d decoder layers + root sharded over %d ranks; this rank holds %d of %d parameter values",
-             len(layers), w.size, held, full)  # fmt: skip
+    how = " (built on the meta device, shards from rank 0)" if meta else ""
+    log.info("fsdp: %d decoder layers + root sharded over %d ranks; this rank holds %d of %d parameter values%s",
+             len(layers), w.size, held, full, how)  # fmt: skip
     return sharded
 
 

@@ -128,10 +128,10 @@ def train(
         raise ValueError("no training examples")
     if sources is not None and len(sources) != len(data):
         raise ValueError(f"{len(sources)} sources for {len(data)} training examples")
-    device = next(model.parameters()).device
     world = distributed.world()
     trained = distributed.wrap(model, world, sharding)  # what forward goes through
     module = distributed.unwrap(trained)  # whose parameters train: `model`, or FSDP's sharded copy of it
+    device = next(module.parameters()).device  # the shards' (FSDP ranks > 0 built `model` on the meta device)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, optim)
     n_steps = total_steps(len(data), optim, world.size)

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from sweeps import distributed
 from sweeps.config import ConfigError, ModelConfig
 from sweeps.precision import precision_errors
 
@@ -146,6 +147,13 @@ def load_base_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTr
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     check_weight_files(path, cfg.gguf_file)
+    if distributed.builds_on_meta(cfg):  # FSDP: the weights come from rank 0 once sharded (distributed._fully_shard)
+        config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                            gguf_file=cfg.gguf_file)  # fmt: skip
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                                                     attn_implementation=cfg.attn_implementation)  # fmt: skip
+        return _finish(model, tok, cfg)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
@@ -156,6 +164,11 @@ def load_base_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTr
             raise
         raise ConfigError(f"model.name_or_path: {mismatch}") from None
     model.to(resolve_device(cfg.device))
+    return _finish(model, tok, cfg)
+
+
+def _finish(model: PreTrainedModel, tok: PreTrainedTokenizerBase,
+            cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:  # fmt: skip
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     if cfg.gradient_checkpointing:  # transformers 5.2x: "activation checkpointing"

@@ -90,12 +90,13 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
             train_set, sets = load_data(cfg.data, world)
         except DataError as e:
             raise ConfigError(str(e)) from None
-        model, tok = POOL.acquire(mcfg, mcfg.name_or_path) if mcfg.reuse else load_model(mcfg, mcfg.name_or_path)
+        reuse = mcfg.reuse and not distributed.builds_on_meta(mcfg)  # a meta model has no weights to keep
+        model, tok = POOL.acquire(mcfg, mcfg.name_or_path) if reuse else load_model(mcfg, mcfg.name_or_path)
         try:
             return _run(cfg, run_dir, start, model, tok, train_set, sets, progress, where, align_truncation(mcfg),
                         method_base_path(cfg, root), world)  # fmt: skip
         finally:
-            if cfg.model.reuse:
+            if reuse:
                 POOL.release(model)
     except KeyboardInterrupt:
         if not main:
@@ -129,7 +130,8 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     per_source = dict.fromkeys([USER, *cfg.data.mixes], 0) | Counter(sources)  # the examples trained on
     scorer = Scorer(tok, fmt, sets, cfg.eval, max_length=cfg.data.max_length)
     methods = build_methods(cfg.method)
-    distance = Distance(model)  # θ_aligned, before anything trains
+    meta = distributed.builds_on_meta(cfg.model)  # FSDP, rank > 0: no weights until sharded; not evaluated
+    distance = None if meta else Distance(model)  # θ_aligned, before anything trains
     checks = None
     if cfg.trial.check_every:
         probe = Scorer(tok, fmt, _probe_sets(sets, cfg.trial.check_limit), cfg.eval, max_length=cfg.data.max_length)
@@ -138,7 +140,7 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     resources = build_resources(methods, fmt, n_user=len(train_set), max_length=cfg.data.max_length, world=world,
                                 base_path=base_path, seed=cfg.seed)  # fmt: skip
 
-    precision = resolve_precision(cfg.model, next(model.parameters()).device)
+    precision = resolve_precision(cfg.model, None if meta else next(model.parameters()).device)
     if precision.warning:
         log.warning(precision.warning)
     metrics: dict[str, Any] = {**truncation.metrics("train"), **scorer.truncation_metrics(), **align_counts,

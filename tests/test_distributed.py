@@ -75,6 +75,8 @@ def test_ddp_two_by_four_matches_one_by_eight(tmp_path, toy_root, single, per_ra
                            proc.stdout + proc.stderr)  # fmt: skip
         assert len(found) == 2 and all(int(layers) > 0 for layers, _, _ in found)
         assert sum(int(held) for _, held, _ in found) == int(found[0][2]) > max(int(held) for _, held, _ in found)
+        # only rank 0 read the weights; rank 1 built the model on the meta device and got its shards from rank 0
+        assert (proc.stdout + proc.stderr).count("parameter values (built on the meta device, shards from rank 0)") == 1
     assert _losses(two) == pytest.approx(_losses(one), rel=1e-5)
     assert _log(two, "grad_norm") == pytest.approx(_log(one, "grad_norm"), rel=1e-4)
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
