@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from sweeps import distributed
 from sweeps.config import ConfigError, ModelConfig
 from sweeps.precision import precision_errors
 
@@ -131,14 +130,17 @@ def load_tokenizer(cfg: ModelConfig, path: str) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    model, tok = load_base_model(cfg, path)
+def load_model(cfg: ModelConfig, path: str, *, meta: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    model, tok = load_base_model(cfg, path, meta=meta)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg)
     return model, tok
 
 
-def load_base_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_base_model(cfg: ModelConfig, path: str, *,
+                    meta: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:  # fmt: skip
+    """`meta`: the architecture only, on the meta device (an FSDP rank > 0: its shards come from rank 0 once sharded,
+    sweeps.distributed._fully_shard)."""
     tok = load_tokenizer(cfg, path)
     dtype = resolve_precision(cfg).weight_dtype  # fp32 master weights unless bf16-pure was asked for
     kwargs = {"dtype": dtype, "revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
@@ -147,7 +149,7 @@ def load_base_model(cfg: ModelConfig, path: str) -> tuple[PreTrainedModel, PreTr
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     check_weight_files(path, cfg.gguf_file)
-    if distributed.builds_on_meta(cfg):  # FSDP: the weights come from rank 0 once sharded (distributed._fully_shard)
+    if meta:
         config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
                                             gguf_file=cfg.gguf_file)  # fmt: skip
         with torch.device("meta"):

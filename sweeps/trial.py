@@ -90,8 +90,9 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
             train_set, sets = load_data(cfg.data, world)
         except DataError as e:
             raise ConfigError(str(e)) from None
-        reuse = mcfg.reuse and not distributed.builds_on_meta(mcfg)  # a meta model has no weights to keep
-        model, tok = POOL.acquire(mcfg, mcfg.name_or_path) if reuse else load_model(mcfg, mcfg.name_or_path)
+        meta = distributed.builds_on_meta(mcfg)  # FSDP, rank > 0: no weights of its own (and none to keep)
+        reuse = mcfg.reuse and not meta
+        model, tok = POOL.acquire(mcfg, mcfg.name_or_path) if reuse else load_model(mcfg, mcfg.name_or_path, meta=meta)
         try:
             return _run(cfg, run_dir, start, model, tok, train_set, sets, progress, where, align_truncation(mcfg),
                         method_base_path(cfg, root), world)  # fmt: skip
