@@ -122,7 +122,7 @@ class SafetySweeper(Sweeper):
         if self.settings.launch == "torchrun" and not isinstance(self.launcher, BasicLauncher):
             raise SweepError(f"hydra.sweeper.launch: torchrun starts every trial on this machine, but the launcher is "
                              f"{type(self.launcher).__name__} (e.g. cluster=slurm); use one or the other")
-        if self.settings.n_jobs > 1 and isinstance(self.launcher, BasicLauncher):
+        if self.settings.n_jobs > 1 and isinstance(self.launcher, BasicLauncher) and self.settings.launch != "torchrun":
             raise SweepError(f"hydra.sweeper.n_jobs: {self.settings.n_jobs} trials at a time need a parallel launcher "
                              "(e.g. cluster=slurm); Hydra's basic launcher would run them one after another, each "
                              "holding a lease meanwhile; for parallel local trials start the command several times")
