@@ -451,3 +451,16 @@ def test_study_driver_runs_one_sweep_per_seed_and_pools_them(tmp_path, monkeypat
     assert {"seed=1", "hydra.sweeper.study_name=smollm2_gsm8k_seed1"} <= set(sweeps[1]) and len(sweeps) == 2
     pooled = pd.read_csv("reports/smollm2_gsm8k/seeds.csv")
     assert len(pooled) == 1 and pooled.loc[0, "seeds"] == 2 and pooled.loc[0, "asr_mean"] == pytest.approx(0.7)
+
+
+def test_ema_study_alpaca_scale_and_table4_smollm2_compose_and_validate(monkeypatch) -> None:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not present: {SHARED_DATA}")
+    from analysis import study
+
+    monkeypatch.setenv("SAFETY_DATA_DIR", str(SHARED_DATA))
+    s = study.load_study("ema", "smollm2_alpaca")
+    assert "experiment=smollm2_alpaca" in s.overrides and s.seeds == [0]
+    study.check(s, study.plan(s, s.rows, Path("studies/smollm2_alpaca/ema"), "smollm2_alpaca"))
+    t4 = study.load_study("cl_table4", "smollm2")
+    study.check(t4, study.plan(t4, t4.rows, Path("studies/smollm2/cl_table4"), "smollm2"))
