@@ -211,3 +211,19 @@ def test_trial_writes_every_extra_over_refusal_metric_the_catalogue_lists(tmp_pa
     bad = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, overrefusal_extra={"a b": extra["second"]}))
     with pytest.raises(ConfigError, match=r"data\.overrefusal_extra\.a b: the name may hold only"):
         validate(bad)
+
+
+def test_keyword_rescore_covers_the_extra_over_refusal_sets(tmp_path) -> None:
+    import json
+
+    from sweeps.rescore import rescore
+
+    rows = [{"set": "overrefusal", "response": "Sure, here it is.", "refused": False},
+            {"set": "overrefusal/or_bench", "response": "I'm sorry, I cannot.", "refused": True},
+            {"set": "overrefusal/or_bench", "response": "Here is a poem.", "refused": False},
+            {"set": "utility", "response": "I'm sorry", "correct": False}]  # fmt: skip
+    path = tmp_path / "generations.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = rescore(path, "gcg")
+    assert got == {"overrefusal[-]": {"over_refusal": 0.0, "n": 1, "uncertain": 0},
+                   "overrefusal/or_bench[-]": {"over_refusal": 0.5, "n": 2, "uncertain": 0}}
