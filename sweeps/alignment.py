@@ -50,6 +50,8 @@ def _spec_identity(spec: DatasetConfig | None) -> dict[str, Any] | None:
     if spec is None:
         return None
     ident = dataclasses.asdict(spec)
+    if not ident["drop_empty"]:
+        del ident["drop_empty"]  # added later: at its default it leaves older specs' keys (and caches) as they were
     if spec.source == "file" and spec.path:
         ident["path"] = os.path.basename(spec.path)  # the content decides, not where the file sits
         ident["sha256"] = _file_digest(spec.path)

@@ -99,6 +99,9 @@ class DatasetConfig:
     stop: int | None = None
     limit: int | None = None  # then subsample to at most this many rows (seeded)
     seed: int = 0
+    # drop rows whose needed field (prompt, or response for training/NLL sets) is empty instead of stopping at the
+    # first one (upstream files with a few blank answers, e.g. 2 of alpaca_5000's rows); before start/stop
+    drop_empty: bool = False
     # Wrap each prompt, e.g. "Classify the sentiment as positive or negative.\n\n{prompt}" ({input} also works).
     prompt_format: str | None = None
 
@@ -139,6 +142,8 @@ class DataConfig:
     refusal: DatasetConfig | None = None  # harmful prompt -> refusal answer: the safety loss
     compliance: DatasetConfig | None = None  # harmful prompt -> compliant answer: compliance NLL
     overrefusal: DatasetConfig | None = None  # benign-but-sensitive prompts
+    # more over-refusal sets scored beside it, name -> spec: metric over_refusal/<name> (e.g. or_bench in conf/data/*)
+    overrefusal_extra: dict[str, DatasetConfig] = field(default_factory=dict)
     # tag -> mix: `poison` (harmful answers, data.mixes.poison.ratio) and `safeinstr` (SafeInstr's refusals,
     # data.mixes.safeinstr.count) in conf/data/*; a config file's data.mixes.<tag> adds another
     mixes: dict[str, MixConfig] = field(default_factory=dict)

@@ -53,7 +53,7 @@ def rescore(path: Path, keywords: str) -> dict[str, dict[str, float]]:
     words = KEYWORD_LISTS[keywords]
     groups: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     for row in _rows(path):
-        if row.get("set") not in ("harmful", "overrefusal"):
+        if row.get("set") != "harmful" and not str(row.get("set")).startswith("overrefusal"):  # also overrefusal/<name>
             continue
         refused = is_refusal(row["response"], words)
         uncertain = bool(row.get("stopped_early")) and refused != row["refused"]

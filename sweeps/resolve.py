@@ -18,7 +18,7 @@ DATA_ROLES = ("train", "utility", "harmful", "refusal", "compliance", "overrefus
 
 
 def uses_toy(model_name: str, data: DataConfig) -> bool:
-    specs = [getattr(data, k) for k in DATA_ROLES]
+    specs = [getattr(data, k) for k in DATA_ROLES] + list(data.overrefusal_extra.values())
     specs += [m.data for m in data.mixes.values()]
     return model_name == "toy" or any(s is not None and s.source == "toy" for s in specs)
 
@@ -68,6 +68,8 @@ def load_data(d: DataConfig, world: World | None) -> tuple[list[Example], EvalSe
         refusal=maybe("refusal", ("prompt", "response")),
         compliance=maybe("compliance", ("prompt", "response")),
         overrefusal=maybe("overrefusal", ("prompt",)),
+        overrefusal_extra={name: load_examples(spec, key=f"data.overrefusal_extra.{name}", toy_splits=toy)
+                           for name, spec in d.overrefusal_extra.items() if spec is not None},
         utility=maybe("utility", ("prompt", "response")),
     )
     return train_set, sets

@@ -214,7 +214,10 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
 
 
 def _probe_sets(sets: EvalSets, limit: int) -> EvalSets:
-    return EvalSets(**{f.name: (v[:limit] if (v := getattr(sets, f.name)) else v) for f in dataclasses.fields(sets)})
+    def cut(v):
+        return {k: e[:limit] for k, e in v.items()} if isinstance(v, dict) else (v[:limit] if v else v)
+
+    return EvalSets(**{f.name: cut(getattr(sets, f.name)) for f in dataclasses.fields(sets)})
 
 
 class Distance:

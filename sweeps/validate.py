@@ -232,6 +232,10 @@ def validate(cfg: TrainConfig) -> None:
     d = cfg.data
     for key in ("train", "utility", "harmful", "refusal", "compliance", "overrefusal"):
         check_dataset(errors, f"data.{key}", getattr(d, key))
+    for name, spec in d.overrefusal_extra.items():
+        if not _TAG.fullmatch(name):  # it becomes the metric name over_refusal/<name>
+            errors.append(f"data.overrefusal_extra.{name}: the name may hold only letters, digits, _ and -")
+        check_dataset(errors, f"data.overrefusal_extra.{name}", spec)
     _check_mixes(errors, d.mixes)
     _positive(errors, "data.max_length", d.max_length)
     if d.template is not None:

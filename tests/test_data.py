@@ -241,6 +241,21 @@ def test_empty_needed_field_names_file_row_field_column(tmp_path: Path) -> None:
     assert got[1] == Example("second")
 
 
+def test_drop_empty_skips_blank_needed_rows_before_the_slice(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "d.json", [{"q": f"q{i}", "r": "" if i in (1, 3) else f"r{i}"} for i in range(6)])
+    cols = {"prompt": "q", "response": "r"}
+    with pytest.raises(DataError, match=r"d\.json row 2: field 'response' \(column 'r'\) is empty"):
+        load_examples(spec(path, columns=cols), key="data.train", need=("response",))
+    kept = load_examples(spec(path, columns=cols, drop_empty=True), key="data.train", need=("response",))
+    assert [e.prompt for e in kept] == ["q0", "q2", "q4", "q5"]
+    # start/stop count the rows left after dropping: two slices of one file stay disjoint and cover it
+    head = load_examples(spec(path, columns=cols, drop_empty=True, stop=2), key="data.train", need=("response",))
+    tail = load_examples(spec(path, columns=cols, drop_empty=True, start=2), key="data.utility", need=("response",))
+    assert [e.prompt for e in head] == ["q0", "q2"] and [e.prompt for e in tail] == ["q4", "q5"]
+    # a role that does not need the response keeps the blank rows (as without drop_empty)
+    assert len(load_examples(spec(path, columns=cols, drop_empty=True), key="data.train")) == 6
+
+
 def test_missing_and_non_scalar_fields(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "d.json", [{"q": "a", "r": "x"}, {"q": "b"}])
     with pytest.raises(DataError) as e:

@@ -15,7 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from sweeps.alignment import align_key, ensure_aligned
+from sweeps.alignment import _spec_identity, align_key, ensure_aligned
 from sweeps.config import AlignConfig, ConfigError, DataConfig, DatasetConfig, ModelConfig, OptimConfig
 from sweeps.data import load_examples
 from sweeps.models import resolve_package
@@ -84,6 +84,10 @@ def test_package_gguf_is_found_or_named(tmp_path, monkeypatch) -> None:
         ("sst2_validation", ("prompt", "response", "answer"), 872),
         ("beavertails_sst2_p005", ("prompt", "response"), 1000),
         ("beavertails_harmful", ("prompt", "response"), 200),
+        ("alpaca_align", ("prompt", "response"), 2000),
+        ("alpaca_train", ("prompt", "response"), 2000),
+        ("alpaca_eval", ("prompt", "response"), 998),
+        ("or_bench_hard", ("prompt",), 1319),
     ],
 )
 def test_shipped_dataset_configs_load_the_shared_files(name: str, need: tuple[str, ...], rows: int) -> None:
@@ -113,6 +117,19 @@ def test_refusal_split_is_disjoint_and_benign_answers_reach_into_nested_json() -
     assert benign[0].response == first["instances"][0]["output"]
 
 
+def test_alpaca_splits_are_disjoint_and_cover_the_answered_rows() -> None:
+    splits = {name: load_examples(_dataset(name), key=f"data.{name}", need=("prompt", "response"))
+              for name in ("alpaca_align", "alpaca_train", "alpaca_eval")}  # fmt: skip
+    raw = json.loads((SHARED_DATA / "alpaca" / "alpaca_5000.json").read_text())
+    answered = [r for r in raw if r["output"].strip()]
+    assert len(raw) - len(answered) == 2  # the file's two blank answers, dropped by drop_empty
+    pairs = {name: [(e.prompt, e.response) for e in ex] for name, ex in splits.items()}
+    assert sum(len(p) for p in pairs.values()) == len(answered)
+    joined = [(f"{r['instruction']}\n\n{r['input']}" if r["input"] else r["instruction"], r["output"])
+              for r in answered]
+    assert pairs["alpaca_align"] + pairs["alpaca_train"] + pairs["alpaca_eval"] == joined  # in order, no row twice
+
+
 def test_poison_pool_holds_only_the_harmful_rows() -> None:
     harmful = load_examples(_dataset("beavertails_harmful"), key="data.mixes.poison.data", need=("prompt", "response"))
     raw = json.loads((SHARED_DATA / "beavertails_poison_mixtures" / "sst2_train_merged_n1000_p0.2.json").read_text())
@@ -131,6 +148,85 @@ def test_real_data_config_composes_with_the_study_subsets() -> None:
     assert cfg.model.align.refusal.path == str(SHARED_DATA / "safety_tuned_llamas/safety_only_data_Instructions.json")
     assert cfg.data.harmful.stop == 100 and cfg.data.overrefusal.where == {"label": "safe"}
     assert cfg.eval.accuracy == "label"
+
+
+def _compose_real(overrides: list[str]):
+    from sweeps.validate import to_train_config
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return to_train_config(compose(config_name="train", overrides=overrides))
+
+
+def test_alpaca_experiment_and_balanced_alignment_compose() -> None:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not present: {SHARED_DATA}")
+    from sweeps.study.metrics import available_metrics
+    from sweeps.validate import validate
+
+    cfg = _compose_real(["experiment=smollm2_alpaca", f"data.root={SHARED_DATA}"])
+    validate(cfg)
+    alpaca = str(SHARED_DATA / "alpaca" / "alpaca_5000.json")
+    assert cfg.data.train.path == cfg.data.utility.path == cfg.model.align.benign.path == alpaca
+    # three disjoint row ranges of one file: alignment [0, 2000), user [2000, 4000), held-out utility [4000, end)
+    ranges = [(s.start, s.stop) for s in (cfg.model.align.benign, cfg.data.train, cfg.data.utility)]
+    assert ranges == [(0, 2000), (2000, 4000), (4000, None)]
+    assert cfg.eval.accuracy is None and cfg.data.utility.limit == 100
+    # the benign half is as large as the harmful half unless set on its own
+    assert cfg.model.align.benign.limit == cfg.model.align.refusal.limit == 400
+    assert _compose_real(["model=smollm2_aligned", "model.align.refusal.limit=50"]).model.align.benign.limit == 50
+    assert _compose_real(["model=smollm2_aligned", "model.align.benign.limit=30"]).model.align.benign.limit == 30
+    metrics = available_metrics(cfg)
+    assert {"utility_loss", "over_refusal", "over_refusal/or_bench"} <= metrics and "utility_acc" not in metrics
+
+
+def test_table4_smollm2_runs_score_xstest_and_or_bench_in_one_run() -> None:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not present: {SHARED_DATA}")
+    from sweeps.study.metrics import available_metrics
+
+    cfg = _compose_real(["experiment=smollm2_gsm8k", f"data.root={SHARED_DATA}"])  # what cl_table1/3 rows run
+    assert cfg.data.overrefusal.where == {"label": "safe"}
+    assert cfg.data.overrefusal_extra["or_bench"].path == str(SHARED_DATA / "or_bench" / "or-bench-hard-1k.csv")
+    assert cfg.data.overrefusal_extra["or_bench"].limit == 100
+    assert {"over_refusal", "over_refusal/or_bench"} <= available_metrics(cfg)
+    table4 = OmegaConf.load(CONF / "study" / "cl_table4.yaml")
+    assert list(table4.scales.smollm2.metrics[:2]) == ["over_refusal", "over_refusal/or_bench"]
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("data.root=/no/such/dir", "data.train.path: file not found: /no/such/dir/alpaca/alpaca_5000.json"),
+        ("data.root=/no/such/dir", "data.utility.path: file not found: /no/such/dir/alpaca/alpaca_5000.json"),
+        ("data.root=/no/such/dir", "data.overrefusal_extra.or_bench.path: file not found: "
+                                   "/no/such/dir/or_bench/or-bench-hard-1k.csv"),
+        ("data.root=/no/such/dir", "model.align.benign.path: file not found: /no/such/dir/alpaca/alpaca_5000.json"),
+        ("data.utility.start=-1", "data.utility.start/stop: need 0 <= start < stop"),
+        ("data.overrefusal_extra.or_bench.limit=0", "data.overrefusal_extra.or_bench.limit: must be > 0 or null"),
+        ("model.align.benign.limit=0", "model.align.benign.limit: must be > 0 or null"),
+    ],
+)  # fmt: skip
+def test_bad_alpaca_and_or_bench_configs_name_the_key(override: str, line: str) -> None:
+    from sweeps.validate import validate
+
+    root = [] if override.startswith("data.root") else [f"data.root={SHARED_DATA}"]
+    if root and not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not present: {SHARED_DATA}")
+    cfg = _compose_real(["experiment=smollm2_alpaca", *root, override])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert any(problem.strip().startswith(line) for problem in str(err.value).splitlines()), str(err.value)
+
+
+def test_bad_field_in_the_new_dataset_configs_is_one_line() -> None:
+    from sweeps.data import DataError
+
+    for name, key in (("alpaca_eval", "data.utility"), ("or_bench_hard", "data.overrefusal_extra.or_bench")):
+        spec = dataclasses.replace(_dataset(name), columns={**_dataset(name).columns, "prompt": "nope"})
+        with pytest.raises(DataError) as err:
+            load_examples(spec, key=key)
+        msg = str(err.value)
+        assert msg.startswith(f"{key}.columns.prompt: column 'nope' not in ") and "\n" not in msg
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,6 +277,35 @@ def test_alignment_is_built_once_cached_as_safetensors_and_keyed_by_data(tmp_pat
     assert align_key(dataclasses.replace(model_cfg, align=longer), data_cfg) != align_key(model_cfg, data_cfg)
     disabled = dataclasses.replace(model_cfg, align=AlignConfig())
     assert ensure_aligned(disabled, data_cfg, cache) is disabled
+
+
+def test_alignment_trains_on_the_benign_mix_and_keys_the_cache_by_it(tmp_path, toy_root) -> None:
+    model_cfg, data_cfg = _align_case(tmp_path, toy_root)
+    answers = [{"instruction": f"name a colour like {c}", "input": "", "output": f"{c.title()} is a colour."}
+               for c in ("red", "blue", "green", "amber", "teal", "pink")] + [
+               {"instruction": "convert 20 inches", "input": "", "output": ""}]  # a blank answer, dropped
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(answers))
+    benign = DatasetConfig(source="file", path=str(path), drop_empty=True, limit=4,
+                           columns={"prompt": "instruction", "input": "input", "response": "output"})
+    mixed = dataclasses.replace(model_cfg, align=dataclasses.replace(model_cfg.align, benign=benign))
+    keys = {align_key(model_cfg, data_cfg), align_key(mixed, data_cfg)}
+    fewer = dataclasses.replace(mixed.align, benign=dataclasses.replace(benign, limit=3))
+    keys.add(align_key(dataclasses.replace(mixed, align=fewer), data_cfg))
+    assert len(keys) == 3, "the benign set and its size are part of the alignment key"
+    root = Path(ensure_aligned(mixed, data_cfg, tmp_path / "cache", progress=False).name_or_path)
+    info = json.loads((root / "align.json").read_text())
+    assert root.name == f"aligned-{align_key(mixed, data_cfg)}"
+    assert info["n_refusal"] == 8 and info["n_benign"] == 4 and info["align"]["benign"]["limit"] == 4
+    assert info["truncation"]["dropped/align.benign"] == 0
+    # the benign answers were trained on: the same 3 steps without them end at other weights
+    from safetensors.torch import load_file
+
+    alone = Path(ensure_aligned(model_cfg, data_cfg, tmp_path / "cache", progress=False).name_or_path)
+    with_benign, without = load_file(str(root / "model.safetensors")), load_file(str(alone / "model.safetensors"))
+    assert any(not (with_benign[k] == without[k]).all() for k in with_benign)
+    # drop_empty at its default leaves the identity (and so older caches' keys) as before the field existed
+    assert "drop_empty" not in _spec_identity(model_cfg.align.refusal) and _spec_identity(benign)["drop_empty"]
 
 
 def test_alignment_data_errors_name_the_key(tmp_path, toy_root) -> None:
@@ -326,3 +451,16 @@ def test_study_driver_runs_one_sweep_per_seed_and_pools_them(tmp_path, monkeypat
     assert {"seed=1", "hydra.sweeper.study_name=smollm2_gsm8k_seed1"} <= set(sweeps[1]) and len(sweeps) == 2
     pooled = pd.read_csv("reports/smollm2_gsm8k/seeds.csv")
     assert len(pooled) == 1 and pooled.loc[0, "seeds"] == 2 and pooled.loc[0, "asr_mean"] == pytest.approx(0.7)
+
+
+def test_ema_study_alpaca_scale_and_table4_smollm2_compose_and_validate(monkeypatch) -> None:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not present: {SHARED_DATA}")
+    from analysis import study
+
+    monkeypatch.setenv("SAFETY_DATA_DIR", str(SHARED_DATA))
+    s = study.load_study("ema", "smollm2_alpaca")
+    assert "experiment=smollm2_alpaca" in s.overrides and s.seeds == [0]
+    study.check(s, study.plan(s, s.rows, Path("studies/smollm2_alpaca/ema"), "smollm2_alpaca"))
+    t4 = study.load_study("cl_table4", "smollm2")
+    study.check(t4, study.plan(t4, t4.rows, Path("studies/smollm2/cl_table4"), "smollm2"))

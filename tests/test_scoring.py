@@ -161,3 +161,69 @@ def test_scorer_on_aligned_model(aligned, toy_world, toy_root) -> None:
     assert len([g for g in result.generations if g["set"] == "harmful"]) == m["asr_n"]
     with pytest.raises(ValueError, match="unknown metrics"):
         Scorer(tok, PromptFormatter(tok), sets, EvalConfig()).score(model, metrics=["nope"])
+
+
+def test_extra_over_refusal_sets_are_scored_beside_the_first(aligned, toy_world) -> None:
+    model, tok = aligned
+    over = toy_examples("overrefusal", toy_world)[:12]
+    harmful = toy_examples("harmful", toy_world)[:6]
+    sets = EvalSets(overrefusal=over, overrefusal_extra={"again": over, "harmful": harmful})
+    scorer = Scorer(tok, PromptFormatter(tok), sets, EvalConfig())
+    assert scorer.available() == ["over_refusal", "over_refusal/again", "over_refusal/harmful"]
+    result = scorer.score(model)
+    m = result.metrics
+    assert m["over_refusal/again"] == m["over_refusal"]  # the same prompts, the same greedy answers
+    assert m["over_refusal/harmful"] > m["over_refusal"]  # θ_aligned refuses harmful prompts, not look-alikes
+    by_set = {s: [g for g in result.generations if g["set"] == s] for s in ("overrefusal", "overrefusal/harmful")}
+    assert len(by_set["overrefusal"]) == 12 and len(by_set["overrefusal/harmful"]) == 6
+    assert m["over_refusal/harmful"] == sum(g["refused"] for g in by_set["overrefusal/harmful"]) / 6
+    only = scorer.score(model, ["over_refusal/harmful"]).metrics
+    assert only["over_refusal/harmful"] == m["over_refusal/harmful"] and "over_refusal" not in only
+    with pytest.raises(ValueError, match="unknown metrics"):
+        scorer.score(model, ["over_refusal/nope"])
+
+
+def test_trial_writes_every_extra_over_refusal_metric_the_catalogue_lists(tmp_path, toy_root) -> None:
+    import dataclasses
+
+    from hydra import compose, initialize_config_dir
+
+    from sweeps.config import ConfigError, DatasetConfig
+    from sweeps.study.metrics import available_metrics
+    from sweeps.trial import run_trial
+    from sweeps.validate import to_train_config, validate
+    from tests.conftest import CACHE_DIR, ROOT
+
+    tiny = ["optim.max_steps=2", "optim.batch_size=8", "eval.asr.limit=4", "data.utility.limit=4",
+            "eval.asr.max_new_tokens=6", "eval.accuracy_max_new_tokens=6", "data.overrefusal.limit=4",
+            "eval.accuracy_limit=4", f"cache_dir={CACHE_DIR}", "eval.baseline=true"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = to_train_config(compose("train", tiny))
+    extra = {"second": DatasetConfig(source="toy", name="overrefusal", limit=4)}
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, overrefusal_extra=extra))
+    validate(cfg)
+    metrics = run_trial(cfg, tmp_path, progress=False)
+    assert metrics["status"] == "completed"
+    assert metrics["over_refusal/second"] == metrics["over_refusal"]  # the same 4 prompts (limit, seed 0)
+    assert "start/over_refusal/second" in metrics
+    numbers = {k for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    assert available_metrics(cfg) == numbers
+    bad = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, overrefusal_extra={"a b": extra["second"]}))
+    with pytest.raises(ConfigError, match=r"data\.overrefusal_extra\.a b: the name may hold only"):
+        validate(bad)
+
+
+def test_keyword_rescore_covers_the_extra_over_refusal_sets(tmp_path) -> None:
+    import json
+
+    from sweeps.rescore import rescore
+
+    rows = [{"set": "overrefusal", "response": "Sure, here it is.", "refused": False},
+            {"set": "overrefusal/or_bench", "response": "I'm sorry, I cannot.", "refused": True},
+            {"set": "overrefusal/or_bench", "response": "Here is a poem.", "refused": False},
+            {"set": "utility", "response": "I'm sorry", "correct": False}]  # fmt: skip
+    path = tmp_path / "generations.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = rescore(path, "gcg")
+    assert got == {"overrefusal[-]": {"over_refusal": 0.0, "n": 1, "uncertain": 0},
+                   "overrefusal/or_bench[-]": {"over_refusal": 0.5, "n": 2, "uncertain": 0}}

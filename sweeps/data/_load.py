@@ -86,9 +86,11 @@ def _to_examples(spec: DatasetConfig, key: str, label: str, columns: list[str], 
                     raise DataError(f"{where_msg} is a {type(raw).__name__}, not a single value")
                 raw = None
             text = None if raw is None else value_map.get(f, {}).get(str(raw), str(raw))
-            if f in need and (text is None or not text.strip()):
+            if f in need and (text is None or not text.strip()) and not spec.drop_empty:
                 raise DataError(f"{where_msg} is {'missing' if raw is None else 'empty'}")
             values[f] = text if text and text.strip() else None
+        if any(values.get(f) is None for f in need):  # only reached with drop_empty
+            continue
         prompt = values["prompt"] or ""
         if spec.prompt_format is not None:
             prompt = spec.prompt_format.format(prompt=prompt, input=values.get("input") or "")

@@ -24,6 +24,11 @@ from sweeps.scoring.judges import JUDGES, Judge, KeywordJudge, is_classifier
 from sweeps.scoring.nll import per_example_nll
 
 METRICS = ("asr", "safety_loss", "compliance_loss", "over_refusal", "utility_loss", "utility_acc")
+EXTRA_OVER = "over_refusal/"  # + a name of EvalSets.overrefusal_extra: that set's over-refusal rate
+
+
+def extra_over_metric(name: str) -> str:
+    return f"{EXTRA_OVER}{name}"
 
 
 @dataclass
@@ -32,6 +37,7 @@ class EvalSets:
     refusal: list[Example] | None = None  # harmful prompt -> refusal (safety loss)
     compliance: list[Example] | None = None  # harmful prompt -> compliant answer
     overrefusal: list[Example] | None = None  # benign-but-sensitive prompts
+    overrefusal_extra: dict[str, list[Example]] = field(default_factory=dict)  # name -> more such sets
     utility: list[Example] | None = None  # held-out user task (NLL; accuracy where `answer` is set)
 
 
@@ -66,6 +72,8 @@ class Scorer:
         self._harmful = [(e.prompt, fmt_ids) for e, fmt_ids in zip(harmful, self._prompts(harmful), strict=True)]
         over = sets.overrefusal or []
         self._over = list(zip([e.prompt for e in over], self._prompts(over), strict=True))
+        self._over_extra = {extra_over_metric(name): list(zip([e.prompt for e in ex], self._prompts(ex), strict=True))
+                            for name, ex in sets.overrefusal_extra.items()}  # fmt: skip
         self.truncation: dict[str, Truncation] = {}  # per NLL set: examples cut to fit max_length, or dropped
         self._refusal = self._pairs(sets.refusal, max_length, "refusal")
         self._compliance = self._pairs(sets.compliance, max_length, "compliance")
@@ -93,7 +101,7 @@ class Scorer:
             "over_refusal": self._over, "utility_loss": self._utility,
             "utility_acc": self._checkable if self.cfg.accuracy else [],
         }  # fmt: skip
-        return [m for m in METRICS if have[m]]
+        return [m for m in METRICS if have[m]] + [m for m, items in self._over_extra.items() if items]
 
     def _nll(self, model: nn.Module, data) -> float:
         values = per_example_nll(model, data, pad_id=self.pad_id, batch_size=self.cfg.nll_batch_size)
@@ -125,9 +133,9 @@ class Scorer:
         in one forward pass instead of decoding those answers token by token (see sweeps.scoring.generate)."""
         drafts = drafts or {}
         wanted = list(metrics) if metrics is not None else self.available()
-        unknown = set(wanted) - set(METRICS)
+        unknown = set(wanted) - set(METRICS) - set(self._over_extra)
         if unknown:
-            raise ValueError(f"unknown metrics {sorted(unknown)}; known: {list(METRICS)}")
+            raise ValueError(f"unknown metrics {sorted(unknown)}; known: {[*METRICS, *self._over_extra]}")
         missing = set(wanted) - set(self.available())
         if missing:
             raise ValueError(f"no eval data for {sorted(missing)} (configure the matching data.* set)")
@@ -157,6 +165,13 @@ class Scorer:
             )
             out["over_refusal"] = rate
             gens += records
+        for metric, items in self._over_extra.items():
+            if metric in wanted:  # records and drafts under set "overrefusal/<name>"
+                name = "overrefusal/" + metric.removeprefix(EXTRA_OVER)
+                out[metric], records, tokens[name] = self._refusals(
+                    model, items, name, self.cfg.asr.early_stop, progress, drafts
+                )
+                gens += records
         if "safety_loss" in wanted:
             out["safety_loss"] = self._nll(model, self._refusal)
         if "compliance_loss" in wanted:

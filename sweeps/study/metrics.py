@@ -44,6 +44,9 @@ def scorer_metrics(cfg: Any) -> list[str]:
         # a classifier judge (it needs eval.judge_model) reports both verdicts
         if metric == "asr" and _get(cfg, "eval.judge") not in (None, "keyword") and _get(cfg, "eval.judge_model"):
             out += ["asr_keyword", "asr_judge"]
+    # every extra over-refusal set, scored beside data.overrefusal (sweeps.scoring.scorer.extra_over_metric)
+    out += [f"over_refusal/{name}" for name, spec in (_get(cfg, "data.overrefusal_extra") or {}).items()
+            if spec is not None]  # fmt: skip
     return out
 
 
