@@ -38,13 +38,15 @@ from analysis.errors import AnalysisError
 CONF = Path(__file__).resolve().parents[1] / "conf"
 STUDIES = CONF / "study"
 FINAL = {"completed", "diverged", "pruned"}  # outcomes a rerun would only repeat (runs are deterministic)
-RATES = {"asr", "utility_acc", "over_refusal"}  # shown in %, like the paper
+RATES = {"asr", "utility_acc", "over_refusal", "over_refusal/or_bench"}  # shown in %, like the paper
 # metric → (generations.jsonl set, verdict field): the per-prompt verdicts behind a rate
 VERDICTS = {"asr": ("harmful", "attack_success"), "over_refusal": ("overrefusal", "refused"),
-            "utility_acc": ("utility", "correct")}  # fmt: skip
+            "utility_acc": ("utility", "correct"),
+            "over_refusal/or_bench": ("overrefusal/or_bench", "refused")}  # fmt: skip
 NAMES = {"asr": "ASR", "utility_acc": "utility", "over_refusal": "over-refusal", "utility_loss": "utility loss",
-         "safety_loss": "safety loss", "distance_rel": "distance (rel.)", "distance_l2": "distance"}  # fmt: skip
-LOWER_IS_BETTER = {"asr", "over_refusal", "utility_loss", "safety_loss"}
+         "safety_loss": "safety loss", "distance_rel": "distance (rel.)", "distance_l2": "distance",
+         "over_refusal/or_bench": "over-refusal (OR-Bench)"}  # fmt: skip
+LOWER_IS_BETTER = {"asr", "over_refusal", "over_refusal/or_bench", "utility_loss", "safety_loss"}
 NEUTRAL = {"distance_rel", "distance_l2"}  # no better direction: shown without an arrow
 FIGURES = ("pareto", "sweep", "distance")
 ROW_KEYS = {"name", "label", "overrides", "group", "x", "from", "paper"}
