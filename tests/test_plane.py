@@ -131,8 +131,8 @@ def test_plane_run_projects_trials_resumes_and_origin_is_exact(tmp_path, toy_roo
     assert (a["label"], b["label"], a["seed"]) == ("SFT", "DER λ=0.5", 0) and (a["x"], a["y"]) == (1.0, 0.0)
     grid = manifest["grid"]
     for x, y in ((0, 0), (1, 0), (b["x"], b["y"])):  # the fitted grid covers the three points
-        assert min(grid["x"]) < x < max(grid["x"]) or x == 0 and 0.0 in grid["x"]
-        assert min(grid["y"]) < y < max(grid["y"]) or y == 0 and 0.0 in grid["y"]
+        assert min(grid["x"]) < x < max(grid["x"]) or (x == 0 and 0.0 in grid["x"])
+        assert min(grid["y"]) < y < max(grid["y"]) or (y == 0 and 0.0 in grid["y"])
     poisoned, ewc = manifest["overlay"]
     assert poisoned["poisoned"] and poisoned["label"] == "SFT" and not ewc["poisoned"] and ewc["label"] == "EWC λ=100"
     # the poisoned run is 0.4 u + 0.5 (θ_DER − θ_0) = (0.4 + 0.5 b_x, 0.5 b_y), in the plane
@@ -179,7 +179,7 @@ def test_bad_plane_inputs_are_one_line_naming_the_key(tmp_path, toy_root) -> Non
             run_landscape(_cfg(*base, *extra, override), tmp_path / "bad", progress=False)
         assert "\n" not in str(err.value).removeprefix("invalid config:\n  "), override
     assert not list((tmp_path / "bad").glob("points.*")) if (tmp_path / "bad").exists() else True
-    with pytest.raises(ConfigError, match="landscape.basis: only for mode=plane"):
+    with pytest.raises(ConfigError, match=r"landscape\.basis: only for mode=plane"):
         run_landscape(_cfg("landscape.basis=orthogonal"), tmp_path / "bad2", progress=False)
 
 
