@@ -41,6 +41,8 @@ def plane_basis(da: Sequence[torch.Tensor], db: Sequence[torch.Tensor], basis: s
     basis "targets": d1, d2 are the differences themselves (θ_B at (0, 1)); "orthogonal": Gram–Schmidt as in the
     module docstring. Either way a zero or collinear direction is one ConfigError naming the key.
     """
+    if basis not in BASES:
+        raise ConfigError(f"landscape.basis: '{basis}' is not one of {list(BASES)}")
     u = [x.float() for x in da]
     b = [x.float() for x in db]
     nu, nb = D.norm(u), D.norm(b)
@@ -56,13 +58,10 @@ def plane_basis(da: Sequence[torch.Tensor], db: Sequence[torch.Tensor], basis: s
     if npp <= COLLINEAR * nb:
         raise ConfigError(f"{keys[1]}: lies on the line through the centre and {keys[0]} (‖b⊥‖/‖b‖ = {npp / nb:.1e})"
                           ": the two directions span no plane")  # fmt: skip
-    like = list(da)
     if basis == "targets":
         return list(da), list(db), (0.0, 1.0)
-    if basis != "orthogonal":
-        raise ConfigError(f"landscape.basis: '{basis}' is not one of {list(BASES)}")
-    v = [(t * (nu / npp)).to(x.dtype) for t, x in zip(perp, like, strict=True)]
-    return [t.to(x.dtype) for t, x in zip(u, like, strict=True)], v, (float(coef), npp / nu)
+    v = [(t * (nu / npp)).to(x.dtype) for t, x in zip(perp, da, strict=True)]  # back to the weights' dtype
+    return [t.to(x.dtype) for t, x in zip(u, da, strict=True)], v, (float(coef), npp / nu)
 
 
 def project(point: Sequence[torch.Tensor], centre: Sequence[torch.Tensor], d1: Sequence[torch.Tensor],
