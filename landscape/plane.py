@@ -172,8 +172,9 @@ def plane_command(root: Path, a: str = "sft", b: str = "der", out: Path | None =
     first, second = pick(runs, a, "--a"), pick(runs, b, "--b")
     for r, flag in ((first, "--a"), (second, "--b")):
         if r["weights"] is None:
-            raise ConfigError(f"{flag}: {r['run']} has no weights/eval.safetensors; rerun that study with "
-                              "output.save_eval_weights=true in its overrides")  # fmt: skip
+            raise ConfigError(f"{flag}: {r['run']} has no weights/eval.safetensors; run the study with "
+                              "output.save_eval_weights=true in its `overrides` (into a new --out: finished runs "
+                              "are not rerun)")  # fmt: skip
     notes, overlay = [], []
     for r in runs:
         if r is first or r is second:
