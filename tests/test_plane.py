@@ -194,6 +194,8 @@ def test_study_folder_command_picks_sft_and_der_and_draws_the_plane(tmp_path, to
     assert len(notes) == 1 and "lwf" in notes[0]
     with pytest.raises(ConfigError, match=r"^--b: no completed full-weight run of row or method 'magmax'"):
         plane_command(root, b="magmax")
+    with pytest.raises(ConfigError, match=r"^--a: .*lwf/seed_0 has no weights/eval\.safetensors; .*save_eval_weights"):
+        plane_command(root, a="lwf")
 
     env = {**os.environ, "SWEEPS_CACHE_DIR": str(CACHE_DIR), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([PYTHON, "-m", "landscape.plane", str(root), "--", f"cache_dir={CACHE_DIR}",
