@@ -199,13 +199,13 @@ def test_study_folder_command_picks_sft_and_der_and_draws_the_plane(tmp_path, to
 
     env = {**os.environ, "SWEEPS_CACHE_DIR": str(CACHE_DIR), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([PYTHON, "-m", "landscape.plane", str(root), "--", f"cache_dir={CACHE_DIR}",
-                           "landscape.points=3", "landscape.asr_limit=4", "data.refusal.limit=16"],
+                           "landscape.points=3", "landscape.metrics=[safety_loss]", "data.refusal.limit=8"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = root / "landscape_plane"
     assert (out / "landscape_plane.png").stat().st_size > 0 and (out / "landscape_2d.png").stat().st_size > 0
     assert "SFT s0 poisoned (off 0.00)" in proc.stdout and "EWC λ=100 s1 (off 0.9" in proc.stdout
-    assert set(pd.read_csv(out / "points.csv").columns) >= {"x", "y", "safety_loss", "asr"}
+    assert set(pd.read_csv(out / "points.csv").columns) >= {"x", "y", "safety_loss"}
 
     bad = subprocess.run([PYTHON, "-m", "landscape.plane", str(tmp_path / "missing")], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
