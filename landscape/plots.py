@@ -84,9 +84,9 @@ def plot_plane(table: pd.DataFrame, manifest: dict[str, Any], out: Path) -> list
     xs, ys = np.array(manifest["grid"]["x"]), np.array(manifest["grid"]["y"])
     grid = table.pivot(index="j", columns="i", values=metric).to_numpy()
     with paper_style():
-        fig, ax = figure("one")
+        fig, ax = figure((3.25, 3.6))  # one column, with room for the legend below the axes
         cs = ax.contourf(xs, ys, grid, levels=15, cmap=SEQUENTIAL)
-        fig.colorbar(cs, ax=ax, shrink=0.85, label=LABELS.get(metric, metric))
+        fig.colorbar(cs, ax=ax, fraction=0.046, pad=0.04, label=LABELS.get(metric, metric))
         thr = manifest.get("summaries", {}).get(metric, {}).get("threshold")
         if thr is not None and np.nanmin(grid) < thr < np.nanmax(grid):
             ax.contour(xs, ys, grid, levels=[thr], colors="white", linewidths=1.2, linestyles="--")
@@ -98,9 +98,9 @@ def plot_plane(table: pd.DataFrame, manifest: dict[str, Any], out: Path) -> list
         else:
             ax.set_xlabel("α")
             ax.set_ylabel("β")
-        basin = f", basin: {metric} = {thr:.3g} (dashed)" if thr is not None else ""
-        ax.set_title(f"plane through θ_aligned and two trials{basin}", fontsize=7)
-        ax.legend(frameon=True, fontsize=5, loc="best")
+        basin = f"; basin edge {thr:.3g} dashed" if thr is not None else ""
+        ax.set_title(f"{LABELS.get(metric, metric)}{basin}", fontsize=7)
+        ax.legend(frameon=False, fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
         return save_figure(fig, out / "landscape_plane")
 
 
