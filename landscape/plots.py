@@ -59,7 +59,7 @@ def point_label(m: dict[str, Any]) -> str:
 
 def _markers(ax, manifest: dict[str, Any]) -> None:
     ax.plot(0, 0, marker="*", color="white", markeredgecolor="black", markersize=9, linestyle="none",
-            label="θ_aligned")  # fmt: skip
+            label="centre" if manifest.get("centre_weights") else "θ_aligned")  # fmt: skip
     if manifest["mode"] == "plane":
         points = manifest.get("plane", {}).get("points") or [{"x": 1.0, "y": 0.0}, {"x": 0.0, "y": 1.0}]
         names = [short_label(t) for t in manifest.get("targets", [])] or ["target 1", "target 2"]
