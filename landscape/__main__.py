@@ -46,7 +46,26 @@ def main(dcfg: DictConfig) -> None:
         notes += [f"{entry['non_finite']} non-finite point(s)"] if entry.get("non_finite") else []
         print(f"{metric}: centre {entry['centre']:.4g}, threshold {entry['threshold']:.4g}, basin radius "
               f"{'≥ ' if r['censored'] else ''}{r['mean']:.3g}{spread}, {', '.join(notes)})")  # fmt: skip
+    for line in plane_lines(out):
+        print(line)
     print(f"landscape: {out}/points.csv, manifest.json, " + ", ".join(p.name for p in figures))
+
+
+def plane_lines(out: Path) -> list[str]:
+    """A plane's defining and projected trials: coordinates, and how far off the plane each lies."""
+    import json
+
+    from landscape.plots import point_label
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    if "plane" not in manifest:
+        return []
+    lines = [f"plane ({manifest['plane']['basis']} basis): " + "; ".join(
+        f"{point_label({k: v for k, v in p.items() if k != 'residual'})} at ({p['x']:.3g}, {p['y']:.3g})"
+        for p in manifest["plane"]["points"])]  # fmt: skip
+    lines += [f"  {point_label(m)} at ({m['x']:.3g}, {m['y']:.3g}), ‖θ − proj‖ = {m['off_plane']:.3g} = "
+              f"{m['residual']:.2f} of ‖θ − θ_aligned‖" for m in manifest.get("overlay", [])]  # fmt: skip
+    return lines
 
 
 if __name__ == "__main__":

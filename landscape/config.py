@@ -35,6 +35,10 @@ class LandscapeSettings:
     scope: ScopeConfig = field(default_factory=ScopeConfig)
     radius: float = 0.5  # random mode: each axis spans [-radius, radius]
     span: list[float] = field(default_factory=lambda: [-0.5, 1.5])  # interpolate / plane axes
+    # plane: "targets" (axes θ_B − θ_0 and θ_C − θ_0, C at (0, 1)) | "orthogonal" (Gram–Schmidt, both axes in units
+    # of ‖θ_B − θ_0‖: true distances and angles; landscape/plane.py)
+    basis: str = "targets"
+    margin: float | None = None  # plane: fit each axis to θ_0, B and C, this share of their extent beyond (not span)
     points: int = 11  # per axis; the origin is always a grid point
     repeats: int = 1  # random mode: independent direction sets (CI bands and radius CI)
     metrics: list[str] = field(default_factory=lambda: ["safety_loss", "utility_loss"])
@@ -152,7 +156,8 @@ def validate_landscape(cfg: LandscapeAppConfig) -> None:
         errors.append(f"landscape.radius: must be > 0 and finite, got {s.radius}")
     if len(s.span) != 2 or not -math.inf < s.span[0] < 0 < s.span[1] < math.inf:
         errors.append(f"landscape.span: must be [low < 0, high > 0], got {list(s.span)}")
-    elif s.mode in ("interpolate", "plane") and s.points >= 3 and not hits_origin(*s.span, s.points):
+    elif (s.mode == "interpolate" or (s.mode == "plane" and s.margin is None)) and s.points >= 3 \
+            and not hits_origin(*s.span, s.points):
         fits = [n for n in range(3, 102) if hits_origin(*s.span, n)][:4]
         errors.append(f"landscape.points: {s.points} points on span {list(s.span)} miss the origin (α=0); "
                       f"use one of {fits or 'none up to 101 — change landscape.span'}")  # fmt: skip
@@ -177,6 +182,14 @@ def validate_landscape(cfg: LandscapeAppConfig) -> None:
         errors.append(f"landscape.worker: must be in [0, workers), got {s.worker} of {s.workers}")
     if s.overlay and s.mode != "plane":
         errors.append("landscape.overlay: only for mode=plane")
+    from landscape.plane import BASES
+
+    if s.basis not in BASES:
+        errors.append(f"landscape.basis: '{s.basis}' is not one of {list(BASES)}")
+    elif s.basis != "targets" and s.mode != "plane":
+        errors.append("landscape.basis: only for mode=plane")
+    if s.margin is not None and (s.mode != "plane" or not 0 <= s.margin < math.inf):
+        errors.append(f"landscape.margin: must be >= 0 and finite, for mode=plane only, got {s.margin} ({s.mode})")
     for key in ("hessian_examples", "hessian_iters"):
         if getattr(s, key) < 1:
             errors.append(f"landscape.{key}: must be >= 1, got {getattr(s, key)}")

@@ -50,16 +50,58 @@ def short_label(spec: str) -> str:
     return Path(spec).stem if Path(spec).suffix == ".safetensors" else Path(spec).name or spec
 
 
+def point_label(m: dict[str, Any]) -> str:
+    """A projected trial's label: method, seed, poison, and how far off the plane it lies (residual share)."""
+    words = [m["label"]] + ([f"s{m['seed']}"] if "seed" in m else [])
+    words += ["poisoned"] if m.get("poisoned") else []
+    return " ".join(words) + (f" (off {m['residual']:.2f})" if "residual" in m else "")
+
+
 def _markers(ax, manifest: dict[str, Any]) -> None:
     ax.plot(0, 0, marker="*", color="white", markeredgecolor="black", markersize=9, linestyle="none",
-            label="centre")  # fmt: skip
+            label="centre" if manifest.get("centre_weights") else "θ_aligned")  # fmt: skip
     if manifest["mode"] == "plane":
+        points = manifest.get("plane", {}).get("points") or [{"x": 1.0, "y": 0.0}, {"x": 0.0, "y": 1.0}]
         names = [short_label(t) for t in manifest.get("targets", [])] or ["target 1", "target 2"]
-        ax.plot([1], [0], marker="o", color=PALETTE[1], markeredgecolor="black", linestyle="none", label=names[0])
-        ax.plot([0], [1], marker="s", color=PALETTE[2], markeredgecolor="black", linestyle="none", label=names[1])
+        for k, (p, marker) in enumerate(zip(points, ("o", "s"), strict=True)):
+            name = p.get("label", names[k]) + (f" s{p['seed']}" if "seed" in p else "")
+            ax.plot([p["x"]], [p["y"]], marker=marker, color=PALETTE[1 + k], markeredgecolor="black",
+                    linestyle="none", label=f"{name} (defines the plane)")  # fmt: skip
+    seen = set()
     for m in manifest.get("overlay", []):
-        ax.plot(m["x"], m["y"], marker="^", color=PALETTE[3], markeredgecolor="black", linestyle="none")
-        ax.annotate(m["label"], (m["x"], m["y"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        poisoned = bool(m.get("poisoned"))
+        kind = "poisoned run" if poisoned else "projected run"
+        ax.plot(m["x"], m["y"], marker="X" if poisoned else "^", color=PALETTE[3] if poisoned else PALETTE[5],
+                markeredgecolor="black", linestyle="none", label=None if kind in seen else kind)  # fmt: skip
+        seen.add(kind)
+        ax.annotate(point_label(m), (m["x"], m["y"]), fontsize=5, xytext=(3, 3), textcoords="offset points")
+
+
+def plot_plane(table: pd.DataFrame, manifest: dict[str, Any], out: Path) -> list[Path]:
+    """The plane's one-panel figure: ASR (else safety loss) with its basin boundary, the two defining trials and
+    every projected trial (poisoned ones marked apart), equal axes when the basis is orthogonal."""
+    metric = next((m for m in ("asr", "safety_loss") if m in manifest["metrics"]), manifest["metrics"][0])
+    xs, ys = np.array(manifest["grid"]["x"]), np.array(manifest["grid"]["y"])
+    grid = table.pivot(index="j", columns="i", values=metric).to_numpy()
+    with paper_style():
+        fig, ax = figure((3.25, 3.6))  # one column, with room for the legend below the axes
+        cs = ax.contourf(xs, ys, grid, levels=15, cmap=SEQUENTIAL)
+        fig.colorbar(cs, ax=ax, fraction=0.046, pad=0.04, label=LABELS.get(metric, metric))
+        thr = manifest.get("summaries", {}).get(metric, {}).get("threshold")
+        if thr is not None and np.nanmin(grid) < thr < np.nanmax(grid):
+            ax.contour(xs, ys, grid, levels=[thr], colors="white", linewidths=1.2, linestyles="--")
+        _markers(ax, manifest)
+        if manifest.get("plane", {}).get("basis") == "orthogonal":
+            ax.set_aspect("equal", adjustable="box")
+            ax.set_xlabel("α (units of ‖θ_A − θ_aligned‖)")
+            ax.set_ylabel("β (orthogonal, same units)")
+        else:
+            ax.set_xlabel("α")
+            ax.set_ylabel("β")
+        basin = f"; basin edge {thr:.3g} dashed" if thr is not None else ""
+        ax.set_title(f"{LABELS.get(metric, metric)}{basin}", fontsize=7)
+        ax.legend(frameon=False, fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
+        return save_figure(fig, out / "landscape_plane")
 
 
 def plot_2d(table: pd.DataFrame, manifest: dict[str, Any], out: Path, surface3d: bool = False) -> list[Path]:
@@ -104,4 +146,5 @@ def make_figures(out: Path, surface3d: bool = False) -> list[Path]:
     table = pd.read_csv(out / "points.csv")
     if len(manifest["grid"]["y"]) == 1:
         return plot_1d(table, manifest, out)
-    return plot_2d(table, manifest, out, surface3d)
+    paths = plot_2d(table, manifest, out, surface3d)
+    return paths + (plot_plane(table, manifest, out) if manifest["mode"] == "plane" else [])

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from landscape import directions as D
+from landscape import plane
 from landscape.config import LandscapeAppConfig, validate_landscape
 from landscape.perturb import Perturbation
 from landscape.store import PointStore
@@ -44,28 +45,29 @@ def axis(lo: float, hi: float, n: int) -> np.ndarray:
 
 
 def _load_target(spec: str, names: list[str], centre: list[torch.Tensor], model_cfg: ModelConfig,
-                 world_root: Path | None, known: set[str]) -> list[torch.Tensor]:  # fmt: skip
+                 world_root: Path | None, known: set[str], key: str = "landscape") -> list[torch.Tensor]:  # fmt: skip
     """The target model's tensors for `names` (missing ones in a partial .safetensors keep the centre's value: a
     trial's weights file holds only its trainable tensors).
 
     `spec`: a .safetensors file, an HF model folder, `toy:base` / `toy:aligned`, or `pkg:<module>`. `known`: every
     tensor name of the model (its state dict); a tensor of another name, or of another shape than the model's, is
-    an error naming the file and the tensor — never broadcast into a nonsense landscape.
+    an error naming the file and the tensor — never broadcast into a nonsense landscape. `key`: the config key
+    that named the file, at the start of every error line.
     """
     model_cfg = dataclasses.replace(model_cfg, gguf_file=None, reuse=False, align=AlignConfig(),
                                     lora=dataclasses.replace(model_cfg.lora, enabled=False))  # fmt: skip
     if spec.startswith(PACKAGE_PREFIX):
         pkg_cfg = resolve_package(dataclasses.replace(model_cfg, name_or_path=spec))
         model, _ = load_model(pkg_cfg, pkg_cfg.name_or_path)
-        return _pick(spec, dict(model.named_parameters()), names, centre, known)
+        return _pick(spec, dict(model.named_parameters()), names, centre, known, key)
     if spec.startswith("toy:"):
         if world_root is None:
-            raise ConfigError(f"landscape.targets: '{spec}' needs the toy world (model=toy)")
+            raise ConfigError(f"{key}: '{spec}' needs the toy world (model=toy)")
         spec = str(world_root / spec[4:])
     path = Path(spec)
     if path.suffix == ".safetensors":
         if not path.is_file():
-            raise ConfigError(f"landscape: weights file not found: {spec}")
+            raise ConfigError(f"{key}: weights file not found: {spec}")
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -73,16 +75,16 @@ def _load_target(spec: str, names: list[str], centre: list[torch.Tensor], model_
             state = load_file(str(path))
         except (SafetensorError, OSError) as e:  # garbage, truncated, empty
             reason = _first_line(e)
-            raise ConfigError(f"landscape: {spec}: not a readable safetensors file ({reason})") from None
+            raise ConfigError(f"{key}: {spec}: not a readable safetensors file ({reason})") from None
     elif path.is_dir():
         try:
             model, _ = load_model(model_cfg, str(path))
         except (OSError, ValueError, RuntimeError) as e:  # no weights or config, another model's sizes
-            raise ConfigError(f"landscape: {spec}: cannot load the model folder ({_first_line(e)})") from None
+            raise ConfigError(f"{key}: {spec}: cannot load the model folder ({_first_line(e)})") from None
         state = dict(model.named_parameters())
     else:
-        raise ConfigError(f"landscape: '{spec}' is neither a .safetensors file nor a model directory")
-    return _pick(spec, state, names, centre, known)
+        raise ConfigError(f"{key}: '{spec}' is neither a .safetensors file nor a model directory")
+    return _pick(spec, state, names, centre, known, key)
 
 
 def _first_line(e: BaseException) -> str:
@@ -90,21 +92,21 @@ def _first_line(e: BaseException) -> str:
 
 
 def _pick(spec: str, state: dict[str, torch.Tensor], names: list[str], centre: list[torch.Tensor],
-          known: set[str]) -> list[torch.Tensor]:  # fmt: skip
+          known: set[str], key: str = "landscape") -> list[torch.Tensor]:  # fmt: skip
     unknown = [n for n in state if n not in known]
     if unknown:
-        raise ConfigError(f"landscape: {spec}: tensor '{unknown[0]}' is not in the model"
+        raise ConfigError(f"{key}: {spec}: tensor '{unknown[0]}' is not in the model"
                           + (f" ({len(unknown)} such tensors)" if len(unknown) > 1 else ""))  # fmt: skip
     found = [n for n in names if n in state]
     if not found:
-        raise ConfigError(f"landscape: '{spec}' holds none of the perturbed parameters")
+        raise ConfigError(f"{key}: '{spec}' holds none of the perturbed parameters")
     if len(found) < len(names):
         absent = next(n for n in names if n not in state)
         log.warning("%s holds %d of the %d tensors asked for; the others (e.g. %s) keep the centre's values", spec,
                     len(found), len(names), absent)  # fmt: skip
     for n, c in zip(names, centre, strict=True):
         if n in state and tuple(state[n].shape) != tuple(c.shape):
-            raise ConfigError(f"landscape: {spec}: tensor '{n}' has shape {list(state[n].shape)}, the model's is "
+            raise ConfigError(f"{key}: {spec}: tensor '{n}' has shape {list(state[n].shape)}, the model's is "
                               f"{list(c.shape)}")  # fmt: skip
     return [state[n].detach().to(c) if n in state else c.clone() for n, c in zip(names, centre, strict=True)]
 
@@ -130,12 +132,8 @@ class DraftBook:
 
 def project(point: list[torch.Tensor], centre: list[torch.Tensor], d1: list[torch.Tensor], d2: list[torch.Tensor]):
     """Least-squares coordinates (α, β) of point − centre in span{d1, d2}, and the relative residual."""
-    diff = D.difference(centre, point)
-    gram = np.array([[D.dot(d1, d1), D.dot(d1, d2)], [D.dot(d2, d1), D.dot(d2, d2)]])
-    rhs = np.array([D.dot(d1, diff), D.dot(d2, diff)])
-    a, b = np.linalg.solve(gram, rhs)
-    resid = [x - a * u - b * v for x, u, v in zip(diff, d1, d2, strict=True)]
-    return float(a), float(b), D.norm(resid) / max(D.norm(diff), 1e-30)
+    p = plane.project(point, centre, d1, d2)
+    return p["x"], p["y"], p["residual"]
 
 
 def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: bool = True,
@@ -158,7 +156,7 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
     if s.centre_weights:
         params_now = dict(model.named_parameters())
         overlay = _load_target(s.centre_weights, list(params_now), [p.detach() for p in params_now.values()], mcfg,
-                               world_root, known)  # fmt: skip
+                               world_root, known, "landscape.centre_weights")  # fmt: skip
         with torch.no_grad():
             for p, w in zip(params_now.values(), overlay, strict=True):
                 p.copy_(w)
@@ -197,26 +195,38 @@ def run_landscape(cfg: LandscapeAppConfig, out_dir: str | Path, *, progress: boo
                 sets_of_dirs.append([d1])
         xs = axis(-s.radius, s.radius, s.points)
     else:
-        targets = [_load_target(t, names, centre, mcfg, world_root, known) for t in s.targets]
+        targets = [_load_target(t, names, centre, mcfg, world_root, known, f"landscape.targets[{k}]")
+                   for k, t in enumerate(s.targets)]  # fmt: skip
         dirs = [D.difference(centre, t) for t in targets]
+        xs = axis(s.span[0], s.span[1], s.points) if s.mode == "interpolate" or s.margin is None else None
         if s.mode == "plane":
-            cosines.append({"repeat": 0, "before": D.cosine(dirs[0], dirs[1]), "after": D.cosine(dirs[0], dirs[1])})
+            d1, d2, (bx, by) = plane.plane_basis(dirs[0], dirs[1], s.basis)  # first: a zero direction is an error
+            before = D.cosine(dirs[0], dirs[1])
+            dirs = [d1, d2]
+            cosines.append({"repeat": 0, "before": before, "after": D.cosine(d1, d2)})
+            manifest["plane"] = {"basis": s.basis, "norm_u": D.norm(d1), "norm_v": D.norm(d2), "points": [
+                {**plane.trial_info(spec), "path": spec, "x": x, "y": y, "residual": 0.0}
+                for spec, (x, y) in zip(s.targets, [(1.0, 0.0), (bx, by)], strict=True)]}  # fmt: skip
+            if s.margin is not None:
+                xs = plane.fitted_axis([1.0, bx], s.margin, s.points)
         sets_of_dirs.append(dirs)
-        xs = axis(s.span[0], s.span[1], s.points)
     for c in cosines:
         log.info("direction cosine (repeat %d): %.2e before, %.2e after orthogonalisation", c["repeat"], c["before"],
                  c["after"])  # fmt: skip
     manifest["cosines"] = cosines
     ys = xs if len(sets_of_dirs[0]) == 2 else np.array([0.0])
+    if s.mode == "plane" and s.margin is not None:
+        ys = plane.fitted_axis([0.0, manifest["plane"]["points"][1]["y"]], s.margin, s.points)
     manifest["grid"] = {"x": xs.tolist(), "y": ys.tolist()}
+    _check_same_grid(out_dir, manifest["grid"])
 
     if s.mode == "plane" and s.overlay:
         d1, d2 = sets_of_dirs[0]
         marks = []
-        for spec in s.overlay:
-            a, b, resid = project(_load_target(spec, names, centre, mcfg, world_root, known), centre, d1, d2)
-            marks.append({"label": Path(spec).parent.parent.name or spec, "path": spec, "x": a, "y": b,
-                          "residual": resid})  # fmt: skip
+        for k, spec in enumerate(s.overlay):
+            at = plane.project(_load_target(spec, names, centre, mcfg, world_root, known, f"landscape.overlay[{k}]"),
+                               centre, d1, d2)  # fmt: skip
+            marks.append({**plane.trial_info(spec), "path": spec, **at})
         manifest["overlay"] = marks
 
     if config_text is not None:
@@ -320,6 +330,23 @@ def _check_same_landscape(cfg: LandscapeAppConfig, out_dir: Path) -> dict[str, A
         raise ConfigError(f"{out_dir} holds points of a landscape with other settings ({', '.join(changed)}); "
                           "rerun with those settings to resume, or choose a new hydra.run.dir")  # fmt: skip
     return ident
+
+
+def _check_same_grid(out_dir: Path, grid: dict[str, list[float]]) -> None:
+    """A fitted plane grid depends on the target files' contents, which the identity does not hold: resuming onto
+    points of another grid (the files were replaced) would mix two landscapes."""
+    path = out_dir / "manifest.json"
+    if not path.exists() or not any(out_dir.glob("points.*.jsonl")):
+        return
+    try:
+        old = json.loads(path.read_text()).get("grid")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return  # no grid to compare with: the identity check has passed
+    same = old is None or all(len(old[k]) == len(grid[k]) and np.allclose(old[k], grid[k], rtol=1e-9, atol=1e-12)
+                              for k in ("x", "y"))  # fmt: skip
+    if not same:
+        raise ConfigError(f"{out_dir} holds points on another grid (the target weights changed?); choose a new "
+                          "hydra.run.dir")  # fmt: skip
 
 
 # Metrics where leaving the basin means the value drops (less accuracy, or harmful answers becoming likely).
