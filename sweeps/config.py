@@ -45,6 +45,9 @@ class WorldConfig:
     task_max_len: int = 3
     task_prefix: str = "the sounds are"  # how user-task answers open
     sound_facts: bool = True  # pretraining teaches each animal's sound, so the user task reuses known facts
+    sound_lists: int = 1000  # pretraining examples listing sounds without names (other prompts; a fifth kept in
+    # alignment): the user task is a new format for a known skill
+    train_templates: int = 12  # training phrasings of a request (alignment generalises from these to 3 held-out ones)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,7 +23,7 @@ from sweeps.toyworld._world import World, WorldConfig
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: built by the token-weighted loop of 2026-12-02 (different bits from format 1)
+FORMAT_VERSION = 3  # 2: the token-weighted loop of 2026-12-02; 3: 12 training phrasings, sound lists
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "<s>{% for m in messages %}{% if m['role'] == 'system' %} <|system|> {{ m['content'] }}"
