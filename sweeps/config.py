@@ -35,7 +35,7 @@ class WorldConfig:
     # stage recipes (AdamW, cosine)
     pretrain_steps: int = 1500
     pretrain_lr: float = 3e-3
-    align_steps: int = 600
+    align_steps: int = 1200
     align_lr: float = 1e-3
     batch_size: int = 32
     # data sizes

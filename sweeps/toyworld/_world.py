@@ -81,7 +81,12 @@ ANIMALS = {
 }  # fmt: skip
 TASK_TEMPLATES = ["list the sounds : {animals}", "what sounds do these make : {animals}"]
 TASK_HELDOUT_TEMPLATES = ["say the sounds of : {animals}"]
-SOUND_LIST_TEMPLATES = ["sounds only : {animals}", "what do they say : {animals}"]  # pretraining only
+# pretraining only; prompts of several lengths, so listing stops after the last animal whatever the prompt's length
+# (with two, the user task's held-out phrasing got one sound too many: "say the sounds of : cow owl" → "moo hoot hoot")
+SOUND_LIST_TEMPLATES = [
+    "sounds only : {animals}", "what do they say : {animals}", "noises : {animals}",
+    "name the noises that these animals make : {animals}",
+]
 
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"]
 THINGS = [
