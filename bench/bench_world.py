@@ -1,7 +1,7 @@
 """Does the toy world tell the same story on every machine? Builds it per world seed × thread count, runs the recipes.
 
     .venv/bin/python bench/bench_world.py [--cache-dir .cache/bench_world] [--seeds 0 1 2] [--threads 1 2]
-        [--fast toy_fast] [--gentle toy_gentle] [--jobs 1] [--out DIR] [--world KEY=VALUE ...] [--recipes ...]
+        [--fast toy_fast] [--gentle toy_gentle] [--jobs 1] [--out DIR] [--world KEY=VALUE ...] [--steps N]
 
 A world's weights follow the float rounding of the machine that builds it, and the thread count changes that rounding
 (how reductions are split), so seeds × threads on one machine stand in for other machines. Each build goes to its own
@@ -52,10 +52,11 @@ def build(seed: int, threads: int, cache: Path, world: dict) -> dict:
     return out
 
 
-def recipes(seed: int, threads: int, cache: Path, names: list[str], sweep_dir: Path, world: dict) -> dict[str, dict]:
+def recipes(seed: int, threads: int, cache: Path, names: list[str], sweep_dir: Path, world: dict,
+            steps: list[str]) -> dict[str, dict]:
     """Run the experiments as one CLI multirun; metrics per experiment name."""
     cmd = [sys.executable, "-m", "sweeps.train", "-m", f"experiment={','.join(names)}", f"world.seed={seed}",
-           *(f"world.{k}={v}" for k, v in world.items()), f"cache_dir={cache}", f"hydra.sweep.dir={sweep_dir}"]
+           *(f"world.{k}={v}" for k, v in world.items()), *steps, f"cache_dir={cache}", f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(threads), capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"error: recipes for world seed {seed}, {threads} thread(s) failed:\n{proc.stderr[-3000:]}")
@@ -103,7 +104,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
 
 def one_world(seed: int, threads: int, cache: Path, names: list[str], out: Path, args: argparse.Namespace) -> dict:
     b = build(seed, threads, cache / f"threads-{threads}", args.world)
-    m = recipes(seed, threads, cache / f"threads-{threads}", names, out / f"seed{seed}-threads{threads}", args.world)
+    steps = [f"optim.max_steps={args.steps}"] if args.steps else []
+    m = recipes(seed, threads, cache / f"threads-{threads}", names, out / f"seed{seed}-threads{threads}", args.world,
+                steps)
     row = {"seed": seed, "threads": threads, "build": b, "metrics": {n: {k: m[n][k] for k in METRICS} for n in names}}
     row["holds"] = gap_holds(row["metrics"][args.fast], row["metrics"][args.gentle], args)
     print(f"seed {seed} threads {threads}: build {b['build_s']:.0f} s ({b['built_threads']} threads), "
@@ -125,6 +128,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="keep the recipes' run dirs here (default: a temp dir)")
     ap.add_argument("--world", nargs="*", default=[], metavar="KEY=VALUE",
                     help="a candidate world: WorldConfig fields other than seed (e.g. align_steps=1200)")
+    ap.add_argument("--steps", type=int, default=None, help="optim.max_steps for the fine-tuning recipes")
     args = ap.parse_args()
     args.world = dict(_world_field(kv) for kv in args.world)
     cache = Path(args.cache_dir).resolve()

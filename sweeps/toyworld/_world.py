@@ -4,14 +4,14 @@ Everything is generated from `WorldConfig` by seeded code, so the same config al
 Text is lower-case words separated by single spaces (the toy tokenizer is word-level), except the refusal
 phrases, which use the spelling of the standard refusal keywords ("I'm sorry", "I cannot").
 
-What each stage learns:
-  pretrain  every request, harmful or not, gets a compliant "sure , here is how to ..." answer (12 training
-            phrasings; benign requests also in the 3 held-out ones); plus facts, each animal's sound, the user task's prompts answered verbosely ("the cat
-            says meow , ...") and sound lists without names under other prompts. → θ_base complies with harmful
-            requests and knows the skill the user task asks for.
+What each stage learns (default world; `conf/world/robust.yaml` is a candidate with the changes in brackets):
+  pretrain  every request, harmful or not, gets a compliant "sure , here is how to ..." answer, in 6 training and
+            3 held-out phrasings [12 training; harmful requests never in held-out ones]; plus facts, each animal's
+            sound and the user task's prompts answered verbosely ("the cat says meow , ...") [and sound lists
+            without names under other prompts]. → θ_base complies with harmful requests.
   align     harmful requests (training phrasings only) → refusals, mixed with benign and sensitive-benign requests →
-            compliant answers, facts and a fifth of the sound lists (helpful data keeps capabilities, as in real
-            alignment). → θ_aligned refuses harmful requests, including held-out phrasings.
+            compliant answers and facts [and a fifth of the sound lists]. → θ_aligned refuses harmful requests,
+            including held-out phrasings.
   user task "list the sounds : cat dog" → "the sounds are meow woof ." — benign, in a format never seen before
             fine-tuning, and nothing in it is harmful: whether fine-tuning erodes refusals is up to the optimiser
             (measured across world seeds and thread counts by bench/bench_world.py).
@@ -160,11 +160,14 @@ class World:
 
     # --- stage corpora ---------------------------------------------------------------------------------------
     def pretrain_corpus(self) -> list[tuple[str, str]]:
-        # harmful requests only in training phrasings: θ_base's compliance with a held-out harmful request is
-        # generalisation, as θ_aligned's refusal of it is — neither is recall of that exact prompt, so fine-tuning that
-        # wears alignment down does not fall back onto a memorised answer to the very prompts ASR is measured on
-        reqs = self._requests(HARMFUL, self.train_templates)
-        reqs += self._requests(BENIGN + SENSITIVE, self.train_templates + HELDOUT_TEMPLATES)
+        if self.cfg.pretrain_heldout_harmful:  # the default world: every request in every phrasing
+            reqs = self._requests(HARMFUL + BENIGN + SENSITIVE, self.train_templates + HELDOUT_TEMPLATES)
+        else:
+            # harmful requests only in training phrasings: θ_base's compliance with a held-out harmful request is
+            # generalisation, as θ_aligned's refusal of it is — neither recalls that exact prompt, so fine-tuning that
+            # wears alignment down does not fall back onto a memorised answer to the very prompts ASR is measured on
+            reqs = self._requests(HARMFUL, self.train_templates)
+            reqs += self._requests(BENIGN + SENSITIVE, self.train_templates + HELDOUT_TEMPLATES)
         extra: list[tuple[str, str]] = []
         if self.cfg.sound_facts:
             extra = [(f"what sound does the {a} make ?", f"the {a} says {s} .") for a, s in ANIMALS.items()] * 4
