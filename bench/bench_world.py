@@ -1,7 +1,7 @@
 """Does the toy world tell the same story on every machine? Builds it per world seed × thread count, runs the recipes.
 
     .venv/bin/python bench/bench_world.py [--cache-dir .cache/bench_world] [--seeds 0 1 2] [--threads 1 2]
-        [--fast toy_fast] [--gentle toy_gentle] [--jobs 1] [--out DIR]
+        [--fast toy_fast] [--gentle toy_gentle] [--jobs 1] [--out DIR] [--world KEY=VALUE ...] [--steps N]
 
 A world's weights follow the float rounding of the machine that builds it, and the thread count changes that rounding
 (how reductions are split), so seeds × threads on one machine stand in for other machines. Each build goes to its own
@@ -26,16 +26,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the candidate world is checked against this checkout's WorldConfig
 METRICS = ("asr", "over_refusal", "utility_acc")
 
 
-def build(seed: int, threads: int, cache: Path) -> dict:
+def build(seed: int, threads: int, cache: Path, world: dict) -> dict:
     """Build (or find) one world in a fresh process; returns its folder, build seconds and the threads torch used."""
     code = (
         "import json, sys, time, torch\n"
         f"torch.set_num_threads({threads})\n"
         "from sweeps.toyworld import WorldConfig, ensure_world\n"
-        f"t = time.perf_counter(); root = ensure_world(WorldConfig(seed={seed}), {str(cache)!r})\n"
+        f"t = time.perf_counter(); root = ensure_world(WorldConfig(seed={seed}, **{world!r}), {str(cache)!r})\n"
         "print('JSON', json.dumps({'root': str(root), 'seconds': time.perf_counter() - t,"
         " 'cpu_s': time.process_time(), 'threads': torch.get_num_threads()}))\n"
     )
@@ -51,15 +52,30 @@ def build(seed: int, threads: int, cache: Path) -> dict:
     return out
 
 
-def recipes(seed: int, threads: int, cache: Path, names: list[str], sweep_dir: Path) -> dict[str, dict]:
+def recipes(seed: int, threads: int, cache: Path, names: list[str], sweep_dir: Path, world: dict,
+            steps: list[str]) -> dict[str, dict]:
     """Run the experiments as one CLI multirun; metrics per experiment name."""
     cmd = [sys.executable, "-m", "sweeps.train", "-m", f"experiment={','.join(names)}", f"world.seed={seed}",
-           f"cache_dir={cache}", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+           *(f"world.{k}={v}" for k, v in world.items()), *steps, f"cache_dir={cache}", f"hydra.sweep.dir={sweep_dir}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(threads), capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"error: recipes for world seed {seed}, {threads} thread(s) failed:\n{proc.stderr[-3000:]}")
     # the basic sweeper numbers jobs in the order of the experiment list
     return {name: json.loads((sweep_dir / str(i) / "metrics.json").read_text()) for i, name in enumerate(names)}
+
+
+def _world_field(kv: str) -> tuple[str, object]:
+    from sweeps.config import WorldConfig  # the candidate's fields are checked against the schema before any build
+
+    key, _, value = kv.partition("=")
+    fields = WorldConfig().to_dict()
+    if key not in fields or key == "seed" or not value:
+        sys.exit(f"error: --world {kv}: expected KEY=VALUE with KEY one of {sorted(set(fields) - {'seed'})}")
+    kind = type(fields[key])
+    try:
+        return key, (value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
+    except ValueError:
+        sys.exit(f"error: --world {kv}: {key} takes a {kind.__name__}")
 
 
 def _env(threads: int) -> dict[str, str]:
@@ -87,8 +103,10 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def one_world(seed: int, threads: int, cache: Path, names: list[str], out: Path, args: argparse.Namespace) -> dict:
-    b = build(seed, threads, cache / f"threads-{threads}")
-    m = recipes(seed, threads, cache / f"threads-{threads}", names, out / f"seed{seed}-threads{threads}")
+    b = build(seed, threads, cache / f"threads-{threads}", args.world)
+    steps = [f"optim.max_steps={args.steps}"] if args.steps else []
+    m = recipes(seed, threads, cache / f"threads-{threads}", names, out / f"seed{seed}-threads{threads}", args.world,
+                steps)
     row = {"seed": seed, "threads": threads, "build": b, "metrics": {n: {k: m[n][k] for k in METRICS} for n in names}}
     row["holds"] = gap_holds(row["metrics"][args.fast], row["metrics"][args.gentle], args)
     print(f"seed {seed} threads {threads}: build {b['build_s']:.0f} s ({b['built_threads']} threads), "
@@ -108,7 +126,11 @@ def main() -> None:
     ap.add_argument("--gentle-utility", type=float, default=0.9)
     ap.add_argument("--jobs", type=int, default=1, help="worlds built and run at once (each uses --threads cores)")
     ap.add_argument("--out", default=None, help="keep the recipes' run dirs here (default: a temp dir)")
+    ap.add_argument("--world", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="a candidate world: WorldConfig fields other than seed (e.g. align_steps=1200)")
+    ap.add_argument("--steps", type=int, default=None, help="optim.max_steps for the fine-tuning recipes")
     args = ap.parse_args()
+    args.world = dict(_world_field(kv) for kv in args.world)
     cache = Path(args.cache_dir).resolve()
     names = ["toy_aligned", args.fast, args.gentle]
 

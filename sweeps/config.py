@@ -45,6 +45,11 @@ class WorldConfig:
     task_max_len: int = 3
     task_prefix: str = "the sounds are"  # how user-task answers open
     sound_facts: bool = True  # pretraining teaches each animal's sound, so the user task reuses known facts
+    # the robust candidate (conf/world/robust.yaml) changes these three; the defaults build the format-2 world
+    sound_lists: int = 0  # pretraining examples listing sounds without names (other prompts; a fifth kept in
+    # alignment): the user task is then a new format for a known skill
+    train_templates: int = 6  # training phrasings of a request (alignment generalises from these to 3 held-out ones)
+    pretrain_heldout_harmful: bool = True  # False: pretraining never sees the harmful prompts ASR is measured on
 
     def to_dict(self) -> dict:
         return asdict(self)

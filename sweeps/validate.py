@@ -21,6 +21,7 @@ from sweeps.data.spec import check_dataset
 from sweeps.precision import precision_errors
 from sweeps.scoring.judges import JUDGES, guard_path_error, is_classifier
 from sweeps.scoring.keywords import KEYWORD_LISTS
+from sweeps.toyworld._world import TRAIN_TEMPLATES
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)  # `defaults: [train_schema]` in conf/train.yaml
 
@@ -119,13 +120,19 @@ def _device_error(name: str) -> str | None:
 
 def _check_world(errors: list[str], w: WorldConfig) -> None:
     for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "pretrain_steps", "align_steps",
-                 "batch_size", "task_train_size", "task_eval_size", "task_min_len", "task_max_len"):  # fmt: skip
+                 "batch_size", "task_train_size", "task_eval_size", "task_min_len", "task_max_len",
+                 "train_templates"):  # fmt: skip
         _positive(errors, f"world.{name}", getattr(w, name))
     for name in ("pretrain_lr", "align_lr"):
         if not getattr(w, name) > 0:
             errors.append(f"world.{name}: must be > 0, got {getattr(w, name)}")
     if w.num_heads > 0 and w.hidden_size % w.num_heads:
         errors.append(f"world.hidden_size: {w.hidden_size} is not divisible by world.num_heads={w.num_heads}")
+    if w.sound_lists < 0:
+        errors.append(f"world.sound_lists: must be >= 0, got {w.sound_lists}")
+    if w.train_templates > len(TRAIN_TEMPLATES):
+        errors.append(f"world.train_templates: the toy world has {len(TRAIN_TEMPLATES)} training phrasings, got "
+                      f"{w.train_templates}")  # fmt: skip
     if w.task_min_len > w.task_max_len:
         errors.append(f"world.task_min_len: {w.task_min_len} > world.task_max_len={w.task_max_len}")
 

@@ -13,7 +13,7 @@ from sweeps.loop import train
 from sweeps.methods import MethodStack
 from sweeps.scoring.scorer import EvalSets, Scorer
 from sweeps.toyworld import TOY_SPLITS, toy_examples
-from sweeps.toyworld._world import HARMFUL, HELDOUT_TEMPLATES
+from sweeps.toyworld._world import ANIMALS, HARMFUL, HELDOUT_TEMPLATES
 from tests.conftest import ROOT
 
 
@@ -65,3 +65,34 @@ def experiment_optim(name: str) -> OptimConfig:
     optim = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "optim" / "adamw.yaml"),
                             OmegaConf.load(ROOT / "conf" / "experiment" / f"{name}.yaml").optim)  # fmt: skip
     return OptimConfig(**OmegaConf.to_container(optim))
+
+
+def test_robust_candidate_world_changes_only_what_it_names() -> None:
+    """conf/world/robust.yaml: no harmful held-out prompt in pretraining, more phrasings, sound lists; the defaults keep
+    the format-2 world and its cache key."""
+    from sweeps.config import WorldConfig
+    from sweeps.toyworld._build import world_key
+    from sweeps.toyworld._world import TRAIN_TEMPLATES, World
+
+    robust = WorldConfig(**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "world" / "robust.yaml")))
+    default, candidate = World(WorldConfig()), World(robust)
+    for world, overlap in ((default, True), (candidate, False)):
+        pretrained = {p for p, _ in world.pretrain_corpus()}
+        assert bool(pretrained & {p for p, _, _ in world.harmful_heldout()}) is overlap
+        assert {p for p, _, _ in world.harmful_heldout()} == {p for p, _, _ in default.harmful_heldout()}
+    assert len(candidate.harmful_train()) == 2 * len(default.harmful_train()) == len(HARMFUL) * len(TRAIN_TEMPLATES) * 6
+    lists = candidate.sound_lists()
+    assert len(lists) == 1000 and set(lists[:200]) <= set(candidate.align_corpus()) and not default.sound_lists()
+    assert all(r.split()[:-1] == [ANIMALS[a] for a in p.split(" : ")[1].split()] for p, r in lists)
+    assert world_key(WorldConfig()) == "648253199f7c"  # the format-2 key: cached default worlds stay valid
+    assert world_key(robust) != world_key(WorldConfig())
+
+
+def test_bad_world_fields_name_the_key() -> None:
+    from sweeps.config import WorldConfig
+    from sweeps.validate import _check_world
+
+    errors: list[str] = []
+    _check_world(errors, WorldConfig(train_templates=13, sound_lists=-1))
+    assert errors == ["world.sound_lists: must be >= 0, got -1",
+                      "world.train_templates: the toy world has 12 training phrasings, got 13"]  # fmt: skip

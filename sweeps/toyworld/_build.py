@@ -33,8 +33,14 @@ CHAT_TEMPLATE = (
 )
 
 
+# fields added after format 2 whose default builds the format-2 world: left out of the key at that value, so worlds
+# cached before they existed stay valid
+_KEYLESS_DEFAULTS = {"sound_lists": 0, "train_templates": 6, "pretrain_heldout_harmful": True}
+
+
 def world_key(cfg: WorldConfig) -> str:
-    blob = json.dumps({"world": cfg.to_dict(), "format": FORMAT_VERSION}, sort_keys=True)
+    fields = {k: v for k, v in cfg.to_dict().items() if _KEYLESS_DEFAULTS.get(k, object()) != v}
+    blob = json.dumps({"world": fields, "format": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
