@@ -81,8 +81,9 @@ ANIMALS = {
 }  # fmt: skip
 TASK_TEMPLATES = ["list the sounds : {animals}", "what sounds do these make : {animals}"]
 TASK_HELDOUT_TEMPLATES = ["say the sounds of : {animals}"]
-# pretraining only; prompts of several lengths, so listing stops after the last animal whatever the prompt's length
-# (with two, the user task's held-out phrasing got one sound too many: "say the sounds of : cow owl" → "moo hoot hoot")
+# pretraining only; prompts of several lengths, meant to make listing stop after the last animal whatever the
+# prompt's length (with two of them, the user task's held-out phrasing got one sound too many: "say the sounds of :
+# cow owl" → "moo hoot hoot"; whether four fix it is not measured — see README "The toy world")
 SOUND_LIST_TEMPLATES = [
     "sounds only : {animals}", "what do they say : {animals}", "noises : {animals}",
     "name the noises that these animals make : {animals}",
