@@ -64,6 +64,13 @@ def recipes(seed: int, threads: int, cache: Path, names: list[str], sweep_dir: P
     return {name: json.loads((sweep_dir / str(i) / "metrics.json").read_text()) for i, name in enumerate(names)}
 
 
+def all_recipes(seed: int, threads: int, cache: Path, names: list[str], sweep_dir: Path, world: dict,
+                steps: list[str]) -> dict[str, dict]:
+    """θ_aligned (zero steps: --steps must not train it) and the fine-tuning recipes."""
+    out = recipes(seed, threads, cache, names[:1], sweep_dir / "aligned", world, [])
+    return {**out, **recipes(seed, threads, cache, names[1:], sweep_dir / "recipes", world, steps)}
+
+
 def _world_field(kv: str) -> tuple[str, object]:
     from sweeps.config import WorldConfig  # the candidate's fields are checked against the schema before any build
 
@@ -105,8 +112,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
 def one_world(seed: int, threads: int, cache: Path, names: list[str], out: Path, args: argparse.Namespace) -> dict:
     b = build(seed, threads, cache / f"threads-{threads}", args.world)
     steps = [f"optim.max_steps={args.steps}"] if args.steps else []
-    m = recipes(seed, threads, cache / f"threads-{threads}", names, out / f"seed{seed}-threads{threads}", args.world,
-                steps)
+    m = all_recipes(seed, threads, cache / f"threads-{threads}", names, out / f"seed{seed}-threads{threads}",
+                    args.world, steps)
     row = {"seed": seed, "threads": threads, "build": b, "metrics": {n: {k: m[n][k] for k in METRICS} for n in names}}
     row["holds"] = gap_holds(row["metrics"][args.fast], row["metrics"][args.gentle], args)
     print(f"seed {seed} threads {threads}: build {b['build_s']:.0f} s ({b['built_threads']} threads), "

@@ -35,7 +35,7 @@ class WorldConfig:
     # stage recipes (AdamW, cosine)
     pretrain_steps: int = 1500
     pretrain_lr: float = 3e-3
-    align_steps: int = 600
+    align_steps: int = 1200
     align_lr: float = 1e-3
     batch_size: int = 32
     # data sizes
@@ -43,13 +43,13 @@ class WorldConfig:
     task_eval_size: int = 100
     task_min_len: int = 2
     task_max_len: int = 3
-    task_prefix: str = "the sounds are"  # how user-task answers open
+    task_prefix: str = ""  # how user-task answers open ("": the bare sound list, a format pretraining knows)
     sound_facts: bool = True  # pretraining teaches each animal's sound, so the user task reuses known facts
-    # the robust candidate (conf/world/robust.yaml) changes these three; the defaults build the format-2 world
-    sound_lists: int = 0  # pretraining examples listing sounds without names (other prompts; a fifth kept in
-    # alignment): the user task is then a new format for a known skill
-    train_templates: int = 6  # training phrasings of a request (alignment generalises from these to 3 held-out ones)
-    pretrain_heldout_harmful: bool = True  # False: pretraining never sees the harmful prompts ASR is measured on
+    sound_lists: int = 1000  # pretraining examples listing sounds without names (other prompts; a fifth kept in
+    # alignment): the user task is then known answers under new prompts
+    train_templates: int = 12  # training phrasings of a request (alignment generalises from these to 3 held-out ones)
+    pretrain_heldout_harmful: bool = False  # True: pretraining also answers the harmful prompts ASR is measured on
+    # (conf/world/format2.yaml sets the five fields that differ to the format-2 world, the default until 2026-12-02)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -135,7 +135,7 @@ def test_nll_ignores_prompt_tokens_and_matches_manual(aligned, toy_world) -> Non
         targets = torch.tensor(e.labels[1:])
         keep = targets != IGNORE_INDEX
         manual = -logp[keep, targets[keep]].mean().item()
-        assert math.isclose(value, manual, rel_tol=1e-4)
+        assert math.isclose(value, manual, rel_tol=1e-4, abs_tol=1e-6)  # padded batch vs alone: float noise
 
 
 def test_scorer_on_aligned_model(aligned, toy_world, toy_root) -> None:

@@ -33,8 +33,8 @@ CHAT_TEMPLATE = (
 )
 
 
-# fields added after format 2 whose default builds the format-2 world: left out of the key at that value, so worlds
-# cached before they existed stay valid
+# fields added after format 2 at their format-2 values (conf/world/format2.yaml) are left out of the key, so worlds
+# cached before they existed keep their key
 _KEYLESS_DEFAULTS = {"sound_lists": 0, "train_templates": 6, "pretrain_heldout_harmful": True}
 
 
