@@ -113,7 +113,7 @@ def test_safety_loss_of_overlong_prompts_is_not_biased_towards_zero(aligned, toy
     assert scorer.truncation_metrics() == {"truncated/refusal": 16, "dropped/refusal": 0}
     # every over-long example is scored on its whole refusal (the old code scored it 0: a perfect "refusal")
     per_example = per_example_nll(model, scorer._refusal, pad_id=tok.pad_token_id, batch_size=8)
-    assert min(per_example) > 0.1 and cut > plain > 0
+    assert all(math.isfinite(x) and x > 0 for x in per_example) and cut > plain > 0
     assert math.isclose(mixed, (plain + cut) / 2, rel_tol=1e-5)
 
 
