@@ -103,14 +103,19 @@ _LABELS: dict[str, tuple[str, list[tuple[str, str, Any]], dict[str, Any] | Calla
     "refresh": ("Refresh", [("gamma", "γ=", 1e-5), ("lam", "λ=", 0.5), ("size", "m=", None)],
                 {"gamma": 0.0, "lam": 0.0, "beta": 0.0}),
     "magmax": ("MagMax", [("scale", "λ=", 0.5)], {"enabled": False}),
+    "lisa": ("Lisa", [("rho", "ρ=", 1.0), ("align_steps", "K_align=", 10), ("finetune_steps", "K_ft=", 90),
+                      ("size", "m=", None)], {"rho": 0.0, "align_steps": 0}),
+    "safelora": ("SafeLoRA", [("mode", "", "threshold"), ("threshold", "τ=", 0.5), ("layers", "k=", 10)],
+                 {"enabled": False}),
 }
-_ALWAYS = {"eta", "lam", "beta", "gamma", "scale"}  # strengths are shown even at their default
+_ALWAYS = {"eta", "lam", "beta", "gamma", "scale", "rho", "threshold"}  # strengths are shown even at their default
 
 
-def methods_label(methods: Sequence[Mapping[str, Any]]) -> str:
+def methods_label(methods: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any] | None = None) -> str:
     """The label of a trial from metrics.json's `methods` ([{name, target, args}]): "SFT" when none acted,
     else e.g. "DER λ=0.5 m=250", "EMA η=0.25 every 10", "EWC λ=100 identity + EMA η=0.5". A method whose
-    arguments switch it off (λ = 0, η = 1, ...) does not count."""
+    arguments switch it off (λ = 0, η = 1, ...) does not count. SafeInstr is data, not a method: with `metrics`
+    (metrics.json) its mix is named too ("SafeInstr m=50", "DER λ=0.5 + SafeInstr m=50")."""
     parts = []
     for m in methods:
         key = str(m.get("target", "")).rpartition(".")[2].lower()
@@ -127,6 +132,9 @@ def methods_label(methods: Sequence[Mapping[str, Any]]) -> str:
             text = f"{value:g}" if isinstance(value, float) else str(value)
             words.append(symbol.format(text) if "{}" in symbol else f"{symbol}{text}")
         parts.append(" ".join(words))
+    safeinstr = (metrics or {}).get("data/mix/safeinstr")
+    if isinstance(safeinstr, (int, float)) and safeinstr > 0:
+        parts.append(f"SafeInstr m={safeinstr:g}")
     return " + ".join(parts) or "SFT"
 
 
@@ -369,7 +377,7 @@ def _derive(row: dict[str, Any]) -> None:
     methods = row.pop("_methods", None)
     if methods is None and row.get("run_dir"):
         methods = (_read_json(Path(row["run_dir"]) / "metrics.json") or {}).get("methods")
-    row["method"] = methods_label(methods) if isinstance(methods, list) else method_label(row.get("eta"))
+    row["method"] = methods_label(methods, row) if isinstance(methods, list) else method_label(row.get("eta"))
 
 
 def _from_config(row: dict[str, Any], path: Path) -> None:

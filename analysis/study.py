@@ -333,7 +333,7 @@ def collect(jobs: Sequence[Job], seeds: Sequence[int]) -> list[Point]:
             m = read_metrics(run_dir(job, s))
             if m is not None and m.get("status") == "completed":
                 runs.append((run_dir(job, s), m))
-        method = methods_label(runs[0][1].get("methods") or []) if runs else "–"
+        method = methods_label(runs[0][1].get("methods") or [], runs[0][1]) if runs else "–"
         label = job.row.label or method
         points.append(Point(job.row.name, label, method, job.row.group or label, job.row.x, job.row.paper, runs))
         alphas = sorted({k.split("/")[1] for _, m in runs for k in m if k.startswith("interp/")}, key=float)

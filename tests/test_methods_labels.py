@@ -21,12 +21,28 @@ def test_labels_from_recorded_methods() -> None:
         "EWC λ=100 identity + EMA η=0.5"
     assert methods_label([_m("agem", "AGEM")]) == "A-GEM"
     assert methods_label([_m("agem", "AGEM", project=False)]) == "SFT"
+    lisa = _m("lisa", "Lisa", rho=1.0, align_steps=10, finetune_steps=90, warmup=0.1, size=None)
+    assert methods_label([lisa]) == "Lisa ρ=1"
+    assert methods_label([{**lisa, "args": {**lisa["args"], "align_steps": 20}}]) == "Lisa ρ=1 K_align=20"
+    assert methods_label([_m("lisa", "Lisa", rho=0.0, align_steps=0)]) == "SFT"
+    safelora = _m("safelora", "SafeLoRA", enabled=True, mode="threshold", threshold=0.5)
+    assert methods_label([safelora]) == "SafeLoRA τ=0.5"
+    assert methods_label([_m("safelora", "SafeLoRA", enabled=True, mode="layers", threshold=0.5, layers=5)]) == \
+        "SafeLoRA layers τ=0.5 k=5"
+    assert methods_label([_m("safelora", "SafeLoRA", enabled=False)]) == "SFT"
+    # SafeInstr is a data mix: named from metrics.json's mix counts; poison alone is the data, not a method
+    mixes = {"data/mix/safeinstr": 50, "data/mix/poison": 100}
+    assert methods_label([], mixes) == "SafeInstr m=50"
+    assert methods_label([_m("der", "DER", lam=0.5)], mixes) == "DER λ=0.5 + SafeInstr m=50"
+    assert methods_label([], {"data/mix/safeinstr": 0, "data/mix/poison": 100}) == "SFT"
 
 
 def test_run_dirs_are_labelled_by_their_methods(tmp_path) -> None:
-    for i, methods in enumerate([[], [_m("derpp", "DERpp", lam=0.5, beta=0.5, size=8)]]):
+    runs = [([], 0), ([_m("derpp", "DERpp", lam=0.5, beta=0.5, size=8)], 0), ([], 50)]
+    for i, (methods, safeinstr) in enumerate(runs):
         d = tmp_path / "study" / str(i)
         d.mkdir(parents=True)
-        (d / "metrics.json").write_text(json.dumps({"status": "completed", "asr": 0.1, "methods": methods}))
+        (d / "metrics.json").write_text(json.dumps({"status": "completed", "asr": 0.1, "methods": methods,
+                                                    "data/mix/safeinstr": safeinstr}))  # fmt: skip
     df = load([str(tmp_path / "study")])
-    assert list(df["method"]) == ["SFT", "DER++ λ=0.5 β=0.5 m=8"]
+    assert list(df["method"]) == ["SFT", "DER++ λ=0.5 β=0.5 m=8", "SafeInstr m=50"]
