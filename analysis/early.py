@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 
 from analysis.errors import AnalysisError
 
-__all__ = ["early_signals", "load_checks", "spearman_ci"]
+__all__ = ["early_pairs", "early_signals", "load_checks", "spearman_ci"]
 
 
 def load_checks(trials: pd.DataFrame) -> pd.DataFrame:
@@ -65,7 +65,8 @@ def early_signals(trials: pd.DataFrame, checks: pd.DataFrame | None = None, metr
     """One row per (checked metric, fraction): n trials, Spearman ρ of early value vs final `target`, its interval.
 
     trials: one row per trial with `steps` and `target` (analysis.load.load's table); checks: load_checks(trials)
-    unless given (columns trial, step, and the metrics); metrics: the checked columns (default: all but trial, step).
+    unless given (columns trial, step, and the metrics); metrics: the checked columns (default: all but trial, step
+    and timings).
     """
     for col in ("steps", target):
         if col not in trials.columns:
@@ -73,26 +74,38 @@ def early_signals(trials: pd.DataFrame, checks: pd.DataFrame | None = None, metr
     checks = load_checks(trials) if checks is None else checks
     if checks.empty:
         raise AnalysisError("early signals: no trial has intermediate checks (run with trial.check_every=N)")
-    metrics = list(metrics) if metrics is not None else [c for c in checks.columns if c not in ("trial", "step")]
+    metrics = list(metrics) if metrics is not None else [c for c in checks.columns if _is_signal(c)]
     missing = [m for m in metrics if m not in checks.columns]
     if missing:
         raise AnalysisError(f"early signals: no checked metric {missing}; checked: "
                             f"{[c for c in checks.columns if c not in ('trial', 'step')]}")  # fmt: skip
-    final = pd.to_numeric(trials[target], errors="coerce")
-    steps = pd.to_numeric(trials["steps"], errors="coerce")
     out = []
     for metric in metrics:
         for f in fractions:
-            x, y = [], []
-            for trial, group in checks.groupby("trial"):
-                if trial not in final.index or not np.isfinite(final[trial]) or not np.isfinite(steps[trial]):
-                    continue
-                early = group[group["step"] <= f * steps[trial]].sort_values("step")
-                value = pd.to_numeric(early[metric], errors="coerce").dropna()
-                if len(value):
-                    x.append(float(value.iloc[-1]))
-                    y.append(float(final[trial]))
-            rho, lo, hi = spearman_ci(x, y, n_boot, level, seed)
-            out.append({"metric": metric, "fraction": f, "target": target, "n": len(x), "spearman": rho,
+            pairs = early_pairs(trials, checks, metric, f, target)
+            rho, lo, hi = spearman_ci(pairs["early"], pairs["final"], n_boot, level, seed)
+            out.append({"metric": metric, "fraction": f, "target": target, "n": len(pairs), "spearman": rho,
                         "lo": lo, "hi": hi})  # fmt: skip
     return pd.DataFrame(out)
+
+
+def _is_signal(column: str) -> bool:
+    """A checked value, not bookkeeping (the trial, the step, how long the check took)."""
+    return column not in ("trial", "step") and not column.endswith("_time_s")
+
+
+def early_pairs(trials: pd.DataFrame, checks: pd.DataFrame, metric: str, fraction: float,
+                target: str = "asr") -> pd.DataFrame:  # fmt: skip
+    """Per trial with a finite final `target`: its last `metric` check at step ≤ fraction·steps (columns trial,
+    early, final); trials with no check that early are left out."""
+    final = pd.to_numeric(trials[target], errors="coerce")
+    steps = pd.to_numeric(trials["steps"], errors="coerce")
+    rows = []
+    for trial, group in checks.groupby("trial"):
+        if trial not in final.index or not np.isfinite(final[trial]) or not np.isfinite(steps[trial]):
+            continue
+        early = group[group["step"] <= fraction * steps[trial]].sort_values("step")
+        value = pd.to_numeric(early[metric], errors="coerce").dropna()
+        if len(value):
+            rows.append({"trial": trial, "early": float(value.iloc[-1]), "final": float(final[trial])})
+    return pd.DataFrame(rows, columns=["trial", "early", "final"])

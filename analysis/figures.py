@@ -341,3 +341,29 @@ def metric_vs_lr(df: pd.DataFrame, path: str | Path, metrics: Sequence[Objective
         if title:
             fig.suptitle(title)
         return save_figure_atomic(fig, path)
+
+
+def early_signals_figure(pairs: dict[str, pd.DataFrame], rho: dict[str, tuple[float, float, float]],
+                         path: str | Path, fraction: float, target: str = "asr") -> list[Path]:  # fmt: skip
+    """One panel per checked metric: each trial's value at `fraction` of its steps against its final target."""
+    metrics = [m for m, p in pairs.items() if len(p)]
+    if not metrics:
+        return []
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    with paper_style():
+        fig, axes = figure((2.3 * ncols, 2.0 * nrows + 0.4), ncols=ncols, nrows=nrows, squeeze=False, sharey=True)
+        for ax in axes.flat[len(metrics):]:
+            ax.set_visible(False)
+        for ax, metric in zip(axes.flat, metrics, strict=False):
+            p = pairs[metric]
+            ax.scatter(p["early"], p["final"], s=14, color=PALETTE[0])
+            r, lo, hi = rho[metric]
+            ax.set_title(f"ρ = {r:.2f} [{lo:.2f}, {hi:.2f}]", fontsize="small")
+            ax.set_xlabel(label(metric))
+        for row in axes:
+            row[0].set_ylabel(f"final {label(target)}")
+        fig.suptitle(f"checked value at {fraction:.0%} of each trial's steps vs final {label(target)}",
+                     fontsize="small")  # fmt: skip
+        fig.tight_layout()
+        return save_figure_atomic(fig, path)

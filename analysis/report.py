@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from analysis import curves, figures, tables
+from analysis import curves, early, figures, tables
 from analysis._io import atomic_write_text, slug
 from analysis.errors import AnalysisError
 from analysis.pareto import (
@@ -66,7 +66,7 @@ def write_report(trials: pd.DataFrame, out_dir: str | Path, opts: ReportOptions 
     recipes = aggregate_seeds(trials, obj, opts.extra_metrics, opts.level)
     extra = [m for m in opts.extra_metrics if m in recipes]
     entries: list[_Entry] = []
-    steps = tqdm(total=10, desc="report", disable=not opts.progress, leave=False)
+    steps = tqdm(total=11, desc="report", disable=not opts.progress, leave=False)
 
     def done(entry: _Entry | None) -> None:
         if entry is not None and entry.files:
@@ -160,8 +160,34 @@ def write_report(trials: pd.DataFrame, out_dir: str | Path, opts: ReportOptions 
     done(_Entry("Training curves", files, f"Loss and gradient norm per optimiser step (each run dir's train_log.jsonl) "
                 f"of {logs.groupby(['study', 'trial']).ngroups if len(logs) else 0} trial(s), one colour per "
                 "method."))  # fmt: skip
+    done(_early_entry(trials, out, opts))
     steps.close()
     return _write_index(out, entries, trials, obj)
+
+
+def _early_entry(trials: pd.DataFrame, out: Path, opts: ReportOptions) -> _Entry | None:
+    """How well each checked metric early in a trial (checks.jsonl) ranks the trials by final ASR."""
+    if "asr" not in trials or "steps" not in trials:
+        return None
+    checks = early.load_checks(trials)
+    if checks.empty:
+        return None
+    table = early.early_signals(trials, checks, n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
+    csv = out / "early_signals.csv"
+    atomic_write_text(csv, table.to_csv(index=False))
+    last = max(table["fraction"])
+    metrics = list(dict.fromkeys(table["metric"]))
+    pairs = {m: early.early_pairs(trials, checks, m, last) for m in metrics}
+    rho = {m: tuple(table[(table["metric"] == m) & (table["fraction"] == last)][["spearman", "lo", "hi"]].iloc[0])
+           for m in metrics}  # fmt: skip
+    files = figures.early_signals_figure(pairs, rho, out / "early_signals", last)
+    shown = table.assign(spearman=[f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
+                                   table[["spearman", "lo", "hi"]].itertuples(index=False)])  # fmt: skip
+    shown = shown.drop(columns=["lo", "hi"])
+    return _Entry("Early signals", [*files, csv], f"Spearman rank correlation (with {opts.level:.0%} bootstrap "
+                  "interval over trials) between each checked metric at 10 % / 25 % of a trial's steps (its last "
+                  "check by then) and the trial's final ASR; a high ρ means the early value could prune unsafe "
+                  "recipes early.", shown)  # fmt: skip
 
 
 def _knees(recipes: pd.DataFrame, obj: Sequence[Objective], opts: ReportOptions) -> pd.DataFrame:

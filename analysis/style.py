@@ -52,10 +52,10 @@ def paper_style() -> Iterator[None]:
         yield
 
 
-def figure(size: str | tuple[float, float] = "one", ncols: int = 1, **kwargs):
+def figure(size: str | tuple[float, float] = "one", ncols: int = 1, nrows: int = 1, **kwargs):
     """A (fig, axes) pair at a paper size: "one" column, "two" columns, or (width, height) inches."""
     dims = {"one": ONE_COLUMN, "two": TWO_COLUMN}.get(size, size) if isinstance(size, str) else size
-    return plt.subplots(1, ncols, figsize=dims, **kwargs)
+    return plt.subplots(nrows, ncols, figsize=dims, **kwargs)
 
 
 def save_figure(fig, path_without_suffix: str | Path) -> list[Path]:

@@ -565,3 +565,26 @@ def test_training_curves_read_every_logged_trial_and_reach_the_report(tmp_path) 
     text = index.read_text()
     assert "Training curves" in text and "training_curves.png" in text
     assert (tmp_path / "report" / "training_logs.csv").is_file()
+
+
+def test_early_signals_reach_the_report_with_table_and_figure(tmp_path) -> None:
+    df = synthetic_trials(n=8, seeds_per_recipe=1)
+    df["steps"] = 100
+    for i, row in enumerate(df.itertuples()):
+        run = tmp_path / "runs" / str(i)
+        run.mkdir(parents=True)
+        # safety_loss at steps 10 and 25 falls as the final ASR rises: a perfect inverse early signal
+        (run / "checks.jsonl").write_text("".join(json.dumps({"step": s, "safety_loss": 3.0 - row.asr + s / 1e4})
+                                                  + "\n" for s in (10, 25, 50)))  # fmt: skip
+        df.loc[row.Index, "run_dir"] = str(run)
+    index = write_report(df, tmp_path / "report", ReportOptions(objectives=ASR_UTIL, n_boot=100, progress=False))
+    text = index.read_text()
+    assert "Early signals" in text and "early_signals.png" in text
+    table = pd.read_csv(tmp_path / "report" / "early_signals.csv")
+    assert set(table["fraction"]) == {0.1, 0.25} and (table["n"] == 8).all()
+    assert table["spearman"].tolist() == pytest.approx([-1.0, -1.0])
+    assert _is_png(tmp_path / "report" / "early_signals.png")
+
+    plain = write_report(synthetic_trials(n=8, seeds_per_recipe=1), tmp_path / "plain",
+                         ReportOptions(objectives=ASR_UTIL, progress=False))  # fmt: skip
+    assert "Early signals" not in plain.read_text()  # no checks.jsonl anywhere: no section

@@ -22,13 +22,14 @@ def _synthetic(n: int = 12, steps: int = 100):
     for i in range(n):
         for step in range(10, steps + 1, 10):
             rows.append({"trial": i, "step": step, "safety_loss": 5.0 - i + step / 1000, "noise": rng.normal(),
-                         "late": float(i) if step >= 20 else 0.0})  # fmt: skip
+                         "late": float(i) if step >= 20 else 0.0, "eval_time_s": 0.1 * i})  # fmt: skip
     return trials, pd.DataFrame(rows)
 
 
 def test_rank_correlation_of_early_values_with_final_asr() -> None:
     trials, checks = _synthetic()
     out = early_signals(trials, checks, fractions=(0.1, 0.25), n_boot=300).set_index(["metric", "fraction"])
+    assert set(out.index.get_level_values("metric")) == {"safety_loss", "noise", "late"}  # timings are no signal
     assert out.loc[("safety_loss", 0.1), "spearman"] == pytest.approx(-1.0)
     assert out.loc[("safety_loss", 0.1), "hi"] == pytest.approx(-1.0)  # every resample is also perfectly ranked
     assert np.isnan(out.loc[("late", 0.1), "spearman"])  # constant at 10 %: ρ undefined

@@ -152,8 +152,12 @@ def _ctx(toy, model, method, lora=False):
                            batch_size=4, pad_id=toy[1], resources=Resources(streams, toy[4] / "base"))  # fmt: skip
 
 
-def test_ewc_penalty_gradient_is_lambda_fisher_times_displacement(toy) -> None:
-    from sweeps.methods import EWC
+@pytest.mark.parametrize("chunk", [None, 1000], ids=["default-chunks", "ragged-chunks"])
+def test_ewc_penalty_gradient_is_lambda_fisher_times_displacement(toy, chunk, monkeypatch) -> None:
+    from sweeps.methods import EWC, _chunks
+
+    if chunk is not None:  # many chunks per tensor with a ragged tail: the chunked pass must cover every element once
+        monkeypatch.setattr(_chunks, "CHUNK", chunk)
 
     model = _model(toy, False)
     ewc = EWC(lam=7.0)
@@ -185,6 +189,19 @@ def test_ewc_identity_fisher_is_l2_to_the_start(toy) -> None:
         p.add_(0.5)
     ewc.after_backward(model)
     torch.testing.assert_close(p.grad, torch.full_like(p, 2.0 * 0.5))
+
+
+def test_flat_chunks_cover_every_element_once_and_write_through() -> None:
+    from sweeps.methods._chunks import flat_chunks
+
+    a, b = torch.arange(10.0).reshape(2, 5), torch.zeros(2, 5)
+    pieces = list(flat_chunks(a, b, size=4))
+    assert [len(x) for x, _ in pieces] == [4, 4, 2]
+    for x, y in pieces:
+        y.add_(x)
+    torch.testing.assert_close(b, a)
+    with pytest.raises(RuntimeError):
+        next(flat_chunks(a.t()))  # a non-contiguous tensor is refused, never silently copied
 
 
 def test_agem_projection_never_conflicts_with_the_reference_gradient(toy) -> None:

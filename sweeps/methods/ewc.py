@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sweeps.methods._base import TrainingMethod, check_choice, check_number
+from sweeps.methods._chunks import Scratch, flat_chunks
 from sweeps.methods._context import Stream, TrainingContext
 
 FISHERS = ("weighted", "empirical", "identity")
@@ -55,6 +56,7 @@ class EWC(TrainingMethod):
         self.lam, self.fisher_kind, self.memory, self.size = float(lam), fisher, memory, size
         self.penalty = torch.zeros(())
         self.fisher: dict[str, torch.Tensor] = {}
+        self.scratch = Scratch()
 
     @classmethod
     def check_args(cls, kwargs: dict[str, Any]) -> list[str]:
@@ -72,19 +74,22 @@ class EWC(TrainingMethod):
 
     @torch.no_grad()
     def after_backward(self, model: nn.Module) -> None:
-        names = list(self.params)
-        params = [self.params[n] for n in names]
-        diff = torch._foreach_sub([p.float() for p in params], [self.star[n].float() for n in names])
-        fd = torch._foreach_mul(diff, [self.fisher[n] for n in names])
-        self.penalty = 0.5 * self.lam * torch.stack([(a * b).sum() for a, b in zip(fd, diff, strict=True)]).sum()
-        if self.lam == 0:
-            return
-        for p, g in zip(params, fd, strict=True):  # ∂penalty/∂θ = λ·F·(θ − θ*)
-            g = g.mul_(self.lam).to(p.dtype)
-            if p.grad is None:
-                p.grad = g
-            else:
-                p.grad.add_(g)
+        # penalty and ∂penalty/∂θ = λ·F·(θ − θ*) in one chunked pass (sweeps.methods._chunks: no full-size temporaries)
+        penalty = None
+        identity = self.fisher_kind == "identity"
+        for n, p in self.params.items():
+            if self.lam != 0 and p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grad = p.grad if self.lam != 0 else p  # λ = 0: the gradient is left alone (p is only read)
+            for pc, sc, fc, gc in flat_chunks(p, self.star[n], self.fisher[n], grad):
+                d, fd = self.scratch.take(2, pc.numel(), pc.device)
+                torch.sub(pc, sc, out=d)
+                fd = d if identity else torch.mul(d, fc, out=fd)
+                part = torch.dot(fd, d)
+                penalty = part if penalty is None else penalty.add_(part)
+                if self.lam != 0:
+                    gc.add_(fd, alpha=self.lam)
+        self.penalty = 0.5 * self.lam * penalty if penalty is not None else torch.zeros(())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"fisher.{n}": f for n, f in self.fisher.items()}
