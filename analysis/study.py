@@ -121,10 +121,10 @@ def load_study(name: str, scale: str = "toy", folder: Path = STUDIES) -> Study:
     if dup := sorted({n for n in names if names.count(n) > 1}):
         raise AnalysisError(f"{where}: row '{dup[0]}' appears twice")
     own = {r.name: r for r in rows if r.source is None}
-    for name, more in (extra.get("rows") or {}).items():
-        if name not in own:  # a `from` row takes the other study's scale overrides
-            raise AnalysisError(f"{where}: scales.{scale}.rows: no row '{name}' with overrides of its own")
-        own[name].overrides += _strings(more, f"{where}: scales.{scale}.rows.{name}")
+    for row_name, more in (extra.get("rows") or {}).items():
+        if row_name not in own:  # a `from` row takes the other study's scale overrides
+            raise AnalysisError(f"{where}: scales.{scale}.rows: no row '{row_name}' with overrides of its own")
+        own[row_name].overrides += _strings(more, f"{where}: scales.{scale}.rows.{row_name}")
     _known(raw.get("quick") or {}, {"rows"}, f"{where}: quick")
     figure = table.get("figure", "pareto")
     if figure not in FIGURES:

@@ -137,6 +137,7 @@ def test_every_shipped_study_loads_at_both_scales_and_the_benign_ones_validate()
     for name in names:
         for scale in ("toy", "smollm2"):
             s = study.load_study(name, scale)
+            assert s.name == name  # not a row name of scales.<scale>.rows (its out folder is studies/<scale>/<name>)
             jobs = study.plan(s, s.rows, Path("studies") / scale / name, scale)
             assert len(jobs) == len(s.rows) and study.select_rows(s, quick=True)
     s = study.load_study("cl_table1", "smollm2")
