@@ -342,8 +342,8 @@ def _overrides(run_dir: Path) -> dict[str, Any]:
 
 def _frame(rows: list[dict[str, Any]], labels: Mapping[str, str]) -> pd.DataFrame:
     params: list[str] = []
-    for r in rows:
-        params += [p for p in r.pop("_params") if p not in params]
+    for r in rows:  # an override of a fixed column (`method=[ema]`, `seed=0`) is that column, not another one
+        params += [p for p in r.pop("_params") if p not in params and p not in FIRST + LAST]
         _derive(r)
     df = pd.DataFrame(rows)
     for c in FIRST + LAST:

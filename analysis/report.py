@@ -165,6 +165,9 @@ def write_report(trials: pd.DataFrame, out_dir: str | Path, opts: ReportOptions 
     return _write_index(out, entries, trials, obj)
 
 
+EARLY_FRACTIONS = (0.1, 0.25, 0.5)  # the issue's 10 % / 25 %, and half-way for short runs
+
+
 def _early_entry(trials: pd.DataFrame, out: Path, opts: ReportOptions) -> _Entry | None:
     """How well each checked metric early in a trial (checks.jsonl) ranks the trials by final ASR."""
     if "asr" not in trials or "steps" not in trials:
@@ -172,22 +175,30 @@ def _early_entry(trials: pd.DataFrame, out: Path, opts: ReportOptions) -> _Entry
     checks = early.load_checks(trials)
     if checks.empty:
         return None
-    table = early.early_signals(trials, checks, n_boot=opts.n_boot, level=opts.level, seed=opts.seed)
+    table = early.early_signals(trials, checks, fractions=EARLY_FRACTIONS, n_boot=opts.n_boot, level=opts.level,
+                                seed=opts.seed)  # fmt: skip
     csv = out / "early_signals.csv"
     atomic_write_text(csv, table.to_csv(index=False))
-    last = max(table["fraction"])
-    metrics = list(dict.fromkeys(table["metric"]))
-    pairs = {m: early.early_pairs(trials, checks, m, last) for m in metrics}
-    rho = {m: tuple(table[(table["metric"] == m) & (table["fraction"] == last)][["spearman", "lo", "hi"]].iloc[0])
-           for m in metrics}  # fmt: skip
-    files = figures.early_signals_figure(pairs, rho, out / "early_signals", last)
-    shown = table.assign(spearman=[f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
-                                   table[["spearman", "lo", "hi"]].itertuples(index=False)])  # fmt: skip
+    # a fraction before every trial's first check has no pairs: left out of the table and the figure, and said so
+    ranked = table[table["n"] >= 3]
+    unchecked = [f"{f:.0%}" for f in EARLY_FRACTIONS if f not in set(ranked["fraction"])]
+    note = f" No trial had been checked by {', '.join(unchecked)} of its steps (a smaller `trial.check_every` " \
+           "would measure it)." if unchecked else ""  # fmt: skip
+    files: list[Path] = []
+    if len(ranked):
+        shown_at = 0.25 if 0.25 in set(ranked["fraction"]) else float(ranked["fraction"].min())
+        at = ranked[ranked["fraction"] == shown_at]
+        pairs = {m: early.early_pairs(trials, checks, m, shown_at) for m in at["metric"]}
+        rho = {r.metric: (r.spearman, r.lo, r.hi) for r in at.itertuples()}
+        files = figures.early_signals_figure(pairs, rho, out / "early_signals", shown_at)
+    shown = ranked.assign(spearman=[f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
+                                    ranked[["spearman", "lo", "hi"]].itertuples(index=False)])  # fmt: skip
     shown = shown.drop(columns=["lo", "hi"])
+    fractions = " / ".join(f"{f:.0%}" for f in EARLY_FRACTIONS).replace("%", " %")
     return _Entry("Early signals", [*files, csv], f"Spearman rank correlation (with {opts.level:.0%} bootstrap "
-                  "interval over trials) between each checked metric at 10 % / 25 % of a trial's steps (its last "
+                  f"interval over trials) between each checked metric at {fractions} of a trial's steps (its last "
                   "check by then) and the trial's final ASR; a high ρ means the early value could prune unsafe "
-                  "recipes early.", shown)  # fmt: skip
+                  f"recipes early.{note}", shown)  # fmt: skip
 
 
 def _knees(recipes: pd.DataFrame, obj: Sequence[Objective], opts: ReportOptions) -> pd.DataFrame:

@@ -295,8 +295,9 @@ def test_load_plain_multirun_dirs(tmp_path) -> None:
     for job, (status, extra) in enumerate([("completed", {"ema/eta": 0.5}), ("diverged", {}), ("completed", {})]):
         d = sweep / str(job)
         (d / ".hydra").mkdir(parents=True)
+        # `method=[...]` and `seed=0` (as the study driver writes them) name fixed columns, not new ones
         (d / ".hydra" / "overrides.yaml").write_text(f"- optim.lr={10.0 ** -(job + 2)}\n- experiment=toy_{job}\n"
-                                                     "- hydra.job.chdir=false\n")  # fmt: skip
+                                                     "- method=[ema]\n- seed=0\n- hydra.job.chdir=false\n")  # fmt: skip
         metrics = {"status": status, "asr": 0.1 * job, "utility_acc": 0.5, "lr": 10.0 ** -(job + 2),
                    "batch_size": 8, "grad_accum": 2, "effective_batch_size": 16, "seed": 0,
                    "versions": {"torch": "x"}, **extra}  # fmt: skip
@@ -314,6 +315,7 @@ def test_load_plain_multirun_dirs(tmp_path) -> None:
     assert df["lr"].iloc[3] == 0.5 and df["effective_batch_size"].iloc[3] == 4  # from the crashed job's config
     assert "versions" not in df and "hydra.job.chdir" not in df
     assert len(pareto_front(df, ASR_UTIL)) == 1  # the diverged and crashed jobs are not candidates
+    assert df.columns.is_unique and len(aggregate_seeds(df, ASR_UTIL)) == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -581,9 +583,21 @@ def test_early_signals_reach_the_report_with_table_and_figure(tmp_path) -> None:
     text = index.read_text()
     assert "Early signals" in text and "early_signals.png" in text
     table = pd.read_csv(tmp_path / "report" / "early_signals.csv")
-    assert set(table["fraction"]) == {0.1, 0.25} and (table["n"] == 8).all()
-    assert table["spearman"].tolist() == pytest.approx([-1.0, -1.0])
+    assert set(table["fraction"]) == {0.1, 0.25, 0.5} and (table["n"] == 8).all()
+    assert table["spearman"].tolist() == pytest.approx([-1.0, -1.0, -1.0])
     assert _is_png(tmp_path / "report" / "early_signals.png")
+    assert "No trial had been checked" not in text
+
+    # a short run whose first check comes after 10 % and 25 % of its steps: only 50 % is ranked, and the report
+    # says why the others are missing
+    for i in range(len(df)):
+        lines = (tmp_path / "runs" / str(i) / "checks.jsonl").read_text().splitlines()
+        (tmp_path / "runs" / str(i) / "checks.jsonl").write_text(lines[-1] + "\n")  # step 50 only
+    write_report(df, tmp_path / "late", ReportOptions(objectives=ASR_UTIL, n_boot=100, progress=False))
+    text = (tmp_path / "late" / "index.md").read_text()
+    assert "No trial had been checked by 10%, 25% of its steps" in text
+    assert "| safety_loss | 0.5 | asr | 8 | -1.00 [" in text and "| safety_loss | 0.1 |" not in text
+    assert _is_png(tmp_path / "late" / "early_signals.png")
 
     plain = write_report(synthetic_trials(n=8, seeds_per_recipe=1), tmp_path / "plain",
                          ReportOptions(objectives=ASR_UTIL, progress=False))  # fmt: skip
