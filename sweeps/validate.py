@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sweeps.config import ConfigError, MixConfig, OptimConfig, TrainConfig, WorldConfig
 from sweeps.data.spec import check_dataset
 from sweeps.precision import precision_errors
+from sweeps.resolve import uses_toy
 from sweeps.scoring.judges import JUDGES, guard_path_error, is_classifier
 from sweeps.scoring.keywords import KEYWORD_LISTS
 from sweeps.toyworld._world import TRAIN_TEMPLATES
@@ -274,7 +275,7 @@ def validate(cfg: TrainConfig) -> None:
     elif is_classifier(e.judge) and (judge_error := guard_path_error(e.judge_model)):
         errors.append(f"eval.judge_model: {judge_error}")
 
-    errors.extend(known_method_errors(cfg.method, lora=m.lora.enabled))
+    errors.extend(known_method_errors(cfg.method, lora=m.lora.enabled, toy_world=uses_toy(m.name_or_path, cfg.data)))
     errors.extend(distributed_errors(cfg))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

@@ -89,6 +89,12 @@ def test_config_composes_validates_and_a_bad_argument_is_one_line(key: str, tmp_
     for stream in cls.streams:  # a missing file is one line naming the key, before anything is built
         errors = known_method_errors({key: _entry(key, **{stream: {"source": "file", "path": str(tmp_path / "x")}})})
         assert errors == [f"method.{key}.{stream}.path: file not found: {tmp_path / 'x'}"]
+        # the default toy split without the toy world (a real model): one line naming the key, not a crash at setup
+        toy_spec = {stream: {"source": "toy", "name": "safety"}}
+        assert known_method_errors({key: _entry(key, **toy_spec)}, toy_world=True) == []
+        errors = known_method_errors({key: _entry(key, **toy_spec)}, toy_world=False)
+        assert len(errors) == 1, errors
+        assert errors[0].startswith(f"method.{key}.{stream}: toy split 'safety' needs the toy world")
 
 
 @pytest.mark.parametrize("key", KEYS)

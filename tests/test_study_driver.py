@@ -12,7 +12,7 @@ import yaml
 
 from analysis import study
 from analysis.errors import AnalysisError
-from tests.conftest import CACHE_DIR
+from tests.conftest import CACHE_DIR, shared_file
 
 # a few prompts and steps: the driver is under test, not the science
 TINY = ["experiment=toy_aggressive", "optim.max_steps=3", "eval.asr.limit=6", "eval.asr.max_new_tokens=6",
@@ -146,6 +146,10 @@ def test_every_shipped_study_loads_at_both_scales_and_the_benign_ones_validate()
     for name in ("cl_table1", "ema"):  # the studies that need no data mixes (data.mixes.*)
         s = study.load_study(name)
         study.check(s, study.plan(s, s.rows, Path("studies/toy") / name, "toy"))
+    # a real-model scale: every method's data stream is a real data set (a toy split there is a config error)
+    shared_file("safety_tuned_llamas", "safety_only_data_Instructions.json")  # skips where ../shared is absent
+    s = study.load_study("ema", "smollm2")
+    study.check(s, study.plan(s, study.select_rows(s, quick=True), Path("studies/smollm2/ema"), "smollm2"))
     # Table 4 only reads other tables' runs
     t4 = study.load_study("cl_table4")
     roots = {j.root.as_posix() for j in study.plan(t4, t4.rows, Path("studies/toy/cl_table4"), "toy")}

@@ -217,9 +217,11 @@ def stream_spec_errors(key: str, spec: Any) -> list[str]:
     return errors
 
 
-def known_method_errors(method_cfg: dict[str, Any], lora: bool | None = None) -> list[str]:
+def known_method_errors(method_cfg: dict[str, Any], lora: bool | None = None,
+                        toy_world: bool | None = None) -> list[str]:  # fmt: skip
     """Check every `method.<name>` entry before anything is built: target, argument names and values, data;
-    with `lora` known (model.lora.enabled), that a LoRA-only method is not used with full fine-tuning."""
+    with `lora` known (model.lora.enabled), that a LoRA-only method is not used with full fine-tuning; with
+    `toy_world` known (the trial builds the toy world), that a toy split is not asked for without it."""
     errors: list[str] = []
     for key, entry in (method_cfg or {}).items():
         entry = dict(entry or {})
@@ -245,7 +247,12 @@ def known_method_errors(method_cfg: dict[str, Any], lora: bool | None = None) ->
             if entry.get(arg) is None:
                 errors.append(f"method.{key}.{arg}: required (a data-set spec, e.g. {{source: toy, name: safety}})")
             else:
-                errors.extend(stream_spec_errors(f"method.{key}.{arg}", plain(entry[arg])))
+                spec = plain(entry[arg])
+                errors.extend(stream_spec_errors(f"method.{key}.{arg}", spec))
+                if toy_world is False and isinstance(spec, dict) and spec.get("source") == "toy":
+                    errors.append(f"method.{key}.{arg}: toy split '{spec.get('name')}' needs the toy world "
+                                  f"(model.name_or_path=toy); give a data set, e.g. "
+                                  f"+dataset@method.{key}.{arg}=safeinstr_refusal")  # fmt: skip
     return errors
 
 
