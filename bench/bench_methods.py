@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -74,6 +75,28 @@ def bench_magmax(n_params: int = 135_000_000, chunk: int = 4_500_000) -> float:
     return time.perf_counter() - start
 
 
+def bench_inputs(cache_dir: str, kind: str) -> tuple[torch.nn.Module, Path, Any, list, list]:
+    """The model (toy θ_aligned, or the random ~100M Llama), its "θ_base" folder, the toy tokenizer, 256 user and 64
+    safety rows of ≤ 64 tokens (the toy world's, whose token ids are valid in both vocabularies)."""
+    world = World(WorldConfig())
+    root = ensure_world(world.cfg, cache_dir)
+    tok = AutoTokenizer.from_pretrained(root / "aligned")
+    if kind == "toy":
+        model, base = AutoModelForCausalLM.from_pretrained(root / "aligned"), root / "base"
+    else:
+        cfg = LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=10,
+                          num_attention_heads=12, num_key_value_heads=12, tie_word_embeddings=True)  # fmt: skip
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+        base = Path(cache_dir) / "bench-llama100m-base"
+        if not (base / "model.safetensors").exists():
+            LlamaForCausalLM(cfg).save_pretrained(base, safe_serialization=True)  # a different random "θ_base"
+    fmt = PromptFormatter(tok)
+    user = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("user_train", world)[:256]]
+    safety = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("safety", world)[:64]]
+    return model, base, tok, user, safety
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache-dir", default=".cache")
@@ -84,24 +107,9 @@ def main() -> None:
     ap.add_argument("--arms", default=",".join(ARMS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    world = World(WorldConfig())
-    root = ensure_world(world.cfg, args.cache_dir)
-    tok = AutoTokenizer.from_pretrained(root / "aligned")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.model == "toy":
-        model, base = AutoModelForCausalLM.from_pretrained(root / "aligned"), root / "base"
-    else:
-        cfg = LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=10,
-                          num_attention_heads=12, num_key_value_heads=12, tie_word_embeddings=True)  # fmt: skip
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(cfg)
-        base = Path(args.cache_dir) / "bench-llama100m-base"
-        if not (base / "model.safetensors").exists():
-            LlamaForCausalLM(cfg).save_pretrained(base, safe_serialization=True)  # a different random "θ_base"
+    model, base, tok, user, safety = bench_inputs(args.cache_dir, args.model)
     model = model.to(device).eval()
-    fmt = PromptFormatter(tok)
-    user = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("user_train", world)[:256]]
-    safety = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("safety", world)[:64]]
     arms = args.arms.split(",")
     times: dict[str, list[float]] = {a: [] for a in arms}
     peaks: dict[str, float | None] = {}

@@ -2,7 +2,7 @@
 
 Why not torch._foreach_*: each foreach op over a 100M-parameter model allocates a full-size temporary, and on CPU the
 page faults of those fresh allocations cost more than the arithmetic (measured: EWC's penalty and gradient took
-0.66 s a step as foreach ops, 0.08 s in 1 MiB chunks with reused buffers; bench/bench_methods.py).
+0.66 s a step as foreach ops, 0.08 s in 1 MiB chunks with reused buffers; bench/bench_method_hooks.py).
 """
 
 from __future__ import annotations

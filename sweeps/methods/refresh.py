@@ -79,8 +79,7 @@ class Refresh(DERpp):
                     (delta,) = self.scratch.take(1, pc.numel(), pc.device)
                     (eps,) = self.host_scratch.take(1, pc.numel(), torch.device("cpu"))
                     torch.randn(pc.numel(), generator=self.generator, out=eps)  # seeded on the host
-                    eps = eps.to(pc.device) if pc.device.type != "cpu" else eps
-                    torch.add(gc.float() * scale, eps, alpha=self.gamma * self.noise, out=delta)
+                    torch.add(gc.float() * scale, eps.to(pc.device), alpha=self.gamma * self.noise, out=delta)
                     delta.mul_(dc)
                     pc.add_(delta)
                     moved.add_(torch.dot(delta, delta))
