@@ -171,9 +171,9 @@ def test_alpaca_experiment_and_balanced_alignment_compose() -> None:
     ranges = [(s.start, s.stop) for s in (cfg.model.align.benign, cfg.data.train, cfg.data.utility)]
     assert ranges == [(0, 2000), (2000, 4000), (4000, None)]
     assert cfg.eval.accuracy is None and cfg.data.utility.limit == 100
-    # the benign half is as large as the harmful half unless set on its own
-    assert cfg.model.align.benign.limit == cfg.model.align.refusal.limit == 400
-    assert _compose_real(["model=smollm2_aligned", "model.align.refusal.limit=50"]).model.align.benign.limit == 50
+    # 400 refusals + all 2000 alignment rows of Alpaca (the measured less over-refusing mix); each size set on its own
+    assert (cfg.model.align.refusal.limit, cfg.model.align.benign.limit) == (400, 2000)
+    assert _compose_real(["model=smollm2_aligned", "model.align.refusal.limit=50"]).model.align.benign.limit == 2000
     assert _compose_real(["model=smollm2_aligned", "model.align.benign.limit=30"]).model.align.benign.limit == 30
     metrics = available_metrics(cfg)
     assert {"utility_loss", "over_refusal", "over_refusal/or_bench"} <= metrics and "utility_acc" not in metrics
