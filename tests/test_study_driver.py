@@ -143,7 +143,7 @@ def test_every_shipped_study_loads_at_both_scales_and_the_benign_ones_validate()
     s = study.load_study("cl_table1", "smollm2")
     assert {"model.lora.r=8", "model.lora.alpha=4", "model.lora.dropout=0.1", "optim.lr=5e-5", "optim.batch_size=5",
             "optim.scheduler=cosine", "optim.weight_decay=0.1"} <= set(s.overrides)  # the paper's LoRA recipe
-    for name in ("cl_table1", "ema"):  # the studies that need no data mixes (data.mixes.*)
+    for name in ("cl_table1", "ema"):  # two benign studies (the poisoned ones are checked by `--check`, README)
         s = study.load_study(name)
         study.check(s, study.plan(s, s.rows, Path("studies/toy") / name, "toy"))
     # a real-model scale: every method's data stream is a real data set (a toy split there is a config error)
