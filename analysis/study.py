@@ -1,6 +1,7 @@
 """Named studies, one command each: run every row × seed of `conf/study/<name>.yaml`, resume, report its table.
 
     python -m analysis.study cl_table1 [--seeds 0 1 2] [--quick] [--out DIR] [--world toy | --model smollm2]
+        [--set optim.lr=1e-3 ...]
     python -m analysis.study --list
 
 A study config is declarative (see conf/study/cl_table1.yaml): shared `overrides` for `sweeps.train`, `seeds`, a
@@ -12,7 +13,9 @@ is that study's row: its runs are reused (run first where missing), never repeat
           naming the study file and the row.
 2. run    each row's missing seeds as one `python -m sweeps.train -m ... seed=0,1,2 hydra/launcher=basic` subprocess
           into `<out>/<row>/seed_<k>/` (its log in `<out>/<row>/driver.log`); a seed whose metrics.json has a final
-          status (completed, diverged, pruned) is skipped, so rerunning resumes.
+          status (completed, diverged, pruned) is skipped, so rerunning resumes. A finished run whose recorded
+          overrides (`.hydra/overrides.yaml`) are not the row's current ones is one error line, never reused: an
+          edited study config or a `--set` needs its own `--out`.
 3. report `<out>/table.{csv,tex,md}` (mean ± 95 % Student-t CI over seeds, a 95 % bootstrap CI over prompts from
           generations.jsonl, the paper's number beside ours) and `<out>/figure.{pdf,png}`.
 """
@@ -187,24 +190,30 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def select_rows(study: Study, quick: bool) -> list[Row]:
-    """All rows, or with quick the config's `quick.rows` (default: all)."""
-    if not quick or not study.quick.get("rows"):
-        return study.rows
-    wanted = list(study.quick["rows"])
+def select_rows(study: Study, quick: bool, only: Sequence[str] = ()) -> list[Row]:
+    """All rows, or with quick the config's `quick.rows` (default: all); `only` (--rows) narrows either."""
+    rows = study.rows
     known = {r.name for r in study.rows}
-    if missing := [w for w in wanted if w not in known]:
-        raise AnalysisError(f"{_rel(study.path)}: quick.rows: no row '{missing[0]}'")
-    return [r for r in study.rows if r.name in wanted]
+    if quick and study.quick.get("rows"):
+        wanted = list(study.quick["rows"])
+        if missing := [w for w in wanted if w not in known]:
+            raise AnalysisError(f"{_rel(study.path)}: quick.rows: no row '{missing[0]}'")
+        rows = [r for r in rows if r.name in wanted]
+    if only:
+        if missing := [w for w in only if w not in {r.name for r in rows}]:
+            raise AnalysisError(f"--rows: no row '{missing[0]}' in {_rel(study.path)}"
+                                f"{' quick.rows' if quick else ''} (rows: {', '.join(r.name for r in rows)})")
+        rows = [r for r in rows if r.name in only]
+    return rows
 
 
-def plan(study: Study, rows: Sequence[Row], out: Path, scale: str) -> list[Job]:
+def plan(study: Study, rows: Sequence[Row], out: Path, scale: str, sets: Sequence[str] = ()) -> list[Job]:
     """One job per row: where its runs live and its full overrides (a `from` row: the other study's row, under
-    <out>/../<study>/<row>)."""
+    <out>/../<study>/<row>); `sets` (the `--set` overrides) come last in every job, `from` rows included."""
     jobs = []
     for row in rows:
         if row.source is None:
-            jobs.append(Job(row, out / row.name, [*study.overrides, *row.overrides]))
+            jobs.append(Job(row, out / row.name, [*study.overrides, *row.overrides, *sets]))
             continue
         other_name, other_row = row.source
         here = f"{_rel(study.path)}: row '{row.name}': from"
@@ -215,8 +224,32 @@ def plan(study: Study, rows: Sequence[Row], out: Path, scale: str) -> list[Job]:
         match = next((r for r in other.rows if r.name == other_row), None)
         if match is None or match.source is not None:
             raise AnalysisError(f"{here}: {_rel(other.path)} has no row '{other_row}' of its own")
-        jobs.append(Job(row, out.parent / other_name / other_row, [*other.overrides, *match.overrides]))
+        jobs.append(Job(row, out.parent / other_name / other_row, [*other.overrides, *match.overrides, *sets]))
     return jobs
+
+
+def _task_overrides(overrides: Sequence[str]) -> list[str]:
+    """What Hydra records in a run's .hydra/overrides.yaml for these job overrides (hydra.* and hydra/... are not
+    the task's) and the seed, which is the run dir's own."""
+    return [o for o in overrides if not o.lstrip("+~").startswith("hydra") and not o.startswith("seed=")]
+
+
+def check_reuse(jobs: Sequence[Job], seeds: Sequence[int]) -> None:
+    """A run dir is reused (skipped, or read into the table) only if it was run with the job's overrides: a changed
+    study config or `--set` would otherwise be reported with runs of the old settings, silently."""
+    for job in {job.root: job for job in jobs}.values():
+        want = _task_overrides(job.overrides)
+        for seed in seeds:
+            recorded = run_dir(job, seed) / ".hydra" / "overrides.yaml"
+            if not finished(job, seed) or not recorded.is_file():  # anything else is rerun, not reused
+                continue
+            got = _task_overrides(yaml.safe_load(recorded.read_text()) or [])
+            if got != want:
+                added = [o for o in want if o not in got] or ["(order)"]
+                dropped = [o for o in got if o not in want] or ["(order)"]
+                raise AnalysisError(f"row '{job.row.name}': {run_dir(job, seed)} was run with other overrides "
+                                    f"(now {' '.join(added)}; then {' '.join(dropped)}): give this study its own "
+                                    "--out, or remove that folder to rerun it")  # fmt: skip
 
 
 def check(study: Study, jobs: Sequence[Job]) -> None:
@@ -530,8 +563,11 @@ def _utility_metric(study: Study) -> str:
 # the command
 
 
-def default_out(name: str, scale: str) -> Path:
-    return Path("studies") / scale / name
+def default_out(name: str, scale: str, sets: Sequence[str] = ()) -> Path:
+    """studies/<scale>/<name>; with --set overrides studies/<scale>+<set>+…/<name>, so that `from` rows of other
+    studies run with the same overrides land beside it."""
+    variant = "".join("+" + o.replace("/", "_").replace(" ", "") for o in sets)
+    return Path("studies") / f"{scale}{variant}" / name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -539,7 +575,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", help=f"a study in {_rel(STUDIES)}/, or a study file (.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the study's seeds")
     parser.add_argument("--quick", action="store_true", help="one seed and the study's `quick.rows`")
+    parser.add_argument("--rows", help="only these rows, comma-separated (e.g. sft,der); the table shows them only")
     parser.add_argument("--out", type=Path, help="the study's folder (default studies/<scale>/<name>)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="a sweeps.train override added to every row (repeatable), e.g. optim.lr=1e-3; "
+                        "default folder studies/<scale>+KEY=VALUE/<name>")
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument("--world", choices=["toy"], help="the toy world (default)")
     scale.add_argument("--model", help="a real-model scale of the study config (scales: e.g. smollm2)")
@@ -554,9 +594,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = load_study(args.name, scale_name)
         seeds = args.seeds or (study.seeds[:1] if args.quick else study.seeds)
-        rows = select_rows(study, args.quick)
-        out = args.out or default_out(study.name, scale_name)
-        jobs = plan(study, rows, out, scale_name)
+        rows = select_rows(study, args.quick, [r for r in (args.rows or "").split(",") if r])
+        if bad := [o for o in args.sets if "=" not in o or o.lstrip("+~").startswith("hydra")]:
+            raise AnalysisError(f"--set {bad[0]}: a sweeps.train override KEY=VALUE (hydra.* is the driver's)")
+        out = args.out or default_out(study.name, scale_name, args.sets)
+        jobs = plan(study, rows, out, scale_name, args.sets)
+        check_reuse(jobs, seeds)
         if not args.report_only:
             check(study, jobs)
             if args.check:

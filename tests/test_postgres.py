@@ -133,20 +133,23 @@ def test_resume_with_a_changed_space_is_refused(three_workers) -> None:
 @pytest.mark.slow
 def test_sigkilled_worker_then_same_command_ends_at_exactly_n_trials(server_url, tmp_path, toy_root) -> None:
     url = _new_database(server_url)
-    args = [*SPACE, "hydra.sweeper.n_trials=2", "hydra.sweeper.lease_seconds=3", "optim.max_steps=120",
+    # long enough that the kill below lands mid-training (120 steps once finished between two polls on CI)
+    args = [*SPACE, "hydra.sweeper.n_trials=2", "hydra.sweeper.lease_seconds=3", "optim.max_steps=600",
             f"hydra.sweeper.storage={url}"]  # fmt: skip
     worker = subprocess.Popen(_cmd(tmp_path, "kill", *args), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    deadline, running = time.time() + 120, None
-    while time.time() < deadline and running is None:
-        time.sleep(1)
+    deadline, running = time.time() + 180, None
+    while time.time() < deadline:
+        time.sleep(0.2)
         try:
             trials = _load(url, "kill").get_trials(states=(TrialState.RUNNING,))
         except KeyError:  # the study is not created yet
             continue
         running = trials[0] if trials else None
-    assert running is not None, "no trial started"
-    time.sleep(2)  # inside the trial
+        if running is not None and (tmp_path / str(running.number) / "train_log.jsonl").is_file():
+            break  # training has begun: kill inside the trial, not before or after it
+    else:
+        raise AssertionError("no trial started training")
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
     time.sleep(4)  # let the lease expire

@@ -41,6 +41,7 @@ def test_driver_end_to_end_on_the_toy_world_then_resumes(tmp_path, monkeypatch, 
                  {"name": "ewc", "overrides": ["method=[ewc]"]}],
         "table": {"metrics": ["asr", "utility_acc", "distance_rel"], "figure": "distance"}})  # fmt: skip
     out = tmp_path / "studies" / "tiny"
+    first_study = path.read_text()
     assert study.main([str(path), "--out", str(out)]) == 0
     for row in ("sft", "ewc"):
         metrics = json.loads((out / row / "seed_0" / "metrics.json").read_text())
@@ -65,6 +66,19 @@ def test_driver_end_to_end_on_the_toy_world_then_resumes(tmp_path, monkeypatch, 
     assert _stamps(out) == stamps
     assert (out / "table.csv").read_text() == first_table
     assert (out / "sft" / "driver.log").read_text().count("\n$ ") == 0  # one command line only, from the first run
+
+    # runs made with other overrides are never reused: an edited row, or --set into the same folder, is one line
+    for args, changed in [([], "optim.lr=1e-3"), (["--set", "optim.lr=1e-3"], None)]:
+        edited = json.loads(json.dumps(yaml.safe_load(path.read_text())))
+        if changed:
+            edited["rows"][1]["overrides"].append(changed)
+        _write_study(confs, "tiny", edited)
+        capsys.readouterr()
+        assert study.main([str(path), "--out", str(out), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "was run with other overrides (now optim.lr=1e-3" in err, err
+        assert _stamps(out) == stamps  # nothing ran
+    _write_study(confs, "tiny", yaml.safe_load(first_study))
 
     # a `from` row of another study reads these runs and runs nothing
     other = _write_study(confs, "reuse", {"title": "reuse", "seeds": [0],
@@ -155,6 +169,25 @@ def test_every_shipped_study_loads_at_both_scales_and_the_benign_ones_validate()
     roots = {j.root.as_posix() for j in study.plan(t4, t4.rows, Path("studies/toy/cl_table4"), "toy")}
     assert roots == {"studies/toy/cl_table1/sft", "studies/toy/cl_table1/der", "studies/toy/cl_table1/lwf",
                      "studies/toy/cl_table3/lisa_p0"}  # fmt: skip
+
+
+def test_set_overrides_every_row_and_reused_rows_in_their_own_folder(capsys) -> None:
+    sets = ["optim.lr=1e-3", "data.dir=/a/b"]
+    out = study.default_out("cl_table3", "smollm2", sets)
+    assert out.as_posix() == "studies/smollm2+optim.lr=1e-3+data.dir=_a_b/cl_table3"
+    s = study.load_study("cl_table3", "smollm2")
+    jobs = study.plan(s, s.rows, out, "smollm2", sets)
+    assert all(j.overrides[-2:] == sets for j in jobs)  # last, so they win over the study's own
+    reused = next(j for j in jobs if j.row.source == ("cl_table1", "sft"))
+    assert reused.root.as_posix() == "studies/smollm2+optim.lr=1e-3+data.dir=_a_b/cl_table1/sft"
+    t1 = study.load_study("cl_table1")
+    assert [r.name for r in study.select_rows(t1, quick=True, only=["der", "sft"])] == ["sft", "der"]  # study order
+    with pytest.raises(AnalysisError, match="--rows: no row 'ewc' in conf/study/cl_table1.yaml quick.rows"):
+        study.select_rows(t1, quick=True, only=["ewc"])  # a row, but not in the quick subset
+    for bad in ("optim.lr", "hydra.sweep.dir=x"):
+        assert study.main(["cl_table1", "--set", bad, "--check"]) == 2
+        assert capsys.readouterr().err.strip() == f"error: --set {bad}: a sweeps.train override KEY=VALUE " \
+                                                  "(hydra.* is the driver's)"  # fmt: skip
 
 
 @pytest.mark.parametrize(
