@@ -8,6 +8,7 @@ with each method at its default strength (conf/method/*.yaml). Per arm: the medi
 (setup excluded: Fisher, stored logits) and, on CUDA, the peak allocated memory. `llama100m` is a randomly
 initialised ~100M-parameter Llama (the toy data's token ids are valid in its vocabulary).
 Goals (issue 14): EWC ≤ 1.1×, LwF ≤ 1.6×, DER ≤ 1.8×, A-GEM ≤ 2.2×, Refresh ≤ 2.5×; MagMax ≤ 2 s for 135M.
+`derpp_1b` is DER++ with `same_batch: true`; `refresh_fast` is Refresh with `ascent: shared, same_batch: true`.
 Prints a table, then one line `JSON {...}`.
 """
 
@@ -37,8 +38,11 @@ from sweeps.methods.magmax import magmax
 from sweeps.toyworld import World, WorldConfig, ensure_world, toy_examples
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ["sft", "ewc", "lwf", "der", "derpp", "agem", "refresh", "magmax"]
-GOALS = {"ewc": 1.1, "lwf": 1.6, "der": 1.8, "agem": 2.2, "refresh": 2.5}
+ARMS = ["sft", "ewc", "lwf", "der", "derpp", "derpp_1b", "agem", "refresh", "refresh_fast", "magmax"]
+# arm → (method, overrides of its conf/method default): the cheaper variants of DER++ and Refresh
+VARIANTS = {"derpp_1b": ("derpp", {"same_batch": True}),
+            "refresh_fast": ("refresh", {"ascent": "shared", "same_batch": True})}  # fmt: skip
+GOALS = {"ewc": 1.1, "lwf": 1.6, "der": 1.8, "agem": 2.2, "refresh": 2.5, "refresh_fast": 2.5}
 
 
 def _entry(key: str) -> dict:
@@ -46,7 +50,8 @@ def _entry(key: str) -> dict:
 
 
 def bench_arm(model, arm: str, user, safety, pad_id: int, steps: int, base: Path) -> tuple[float, float | None]:
-    stack = build_methods({} if arm == "sft" else {arm: _entry(arm)})
+    key, extra = VARIANTS.get(arm, (arm, {}))
+    stack = build_methods({} if arm == "sft" else {key: {**_entry(key), **extra}})
     streams = {f"{m.name}.{a}": safety for m in stack.methods for a in type(m).streams}
     stamps: list[float] = []
     cuda = model.device.type == "cuda"

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 MODES = ("ddp", "fsdp")
 # hooks whose terms are computed per rank outside DDP's forward/backward pair (a second backward, a data stream's
 # own forward, gradient surgery before the all-reduce is complete): a method using one is refused under DDP
-_UNSHARDABLE_HOOKS = ("before_step", "extra_loss", "step_loss", "after_backward")
+_UNSHARDABLE_HOOKS = ("before_step", "extra_loss", "after_user_backward", "step_loss", "after_backward")
 # under FSDP each rank holds 1/N of every parameter: only methods acting elementwise on the trained parameters run
 # (EMA, on the local shards); the others need full parameters (reference weights, a teacher, merges) and are refused
 _FSDP_METHODS = ("sweeps.methods.ema.EMA",)

@@ -177,6 +177,7 @@ def train(
                             loss = loss + term / optim.grad_accum
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 step_loss += loss.detach()
+            methods.after_user_backward(module)
             term = methods.step_loss(module)
             if term is not None:
                 (scaler.scale(term) if scaler is not None else term).backward()

@@ -246,6 +246,71 @@ def test_der_loss_is_zero_at_the_aligned_weights(toy, store: str) -> None:
     assert float(der.step_loss(model)) > 1e-6
 
 
+def test_derpp_same_batch_is_both_terms_on_one_memory_batch(toy) -> None:
+    from sweeps.methods import DERpp
+    from sweeps.methods._context import response_mask
+
+    model = _model(toy, False)
+    both = DERpp(lam=0.5, beta=0.25, same_batch=True)
+    both.setup(_ctx(toy, model, both))  # z: θ_aligned's logits
+    with torch.no_grad():
+        next(iter(model.parameters())).add_(0.05)  # away from θ_aligned: the MSE term is non-zero
+    twin = copy.deepcopy(both.stream)  # the same seeded stream: the batch it will draw
+    total = both.step_loss(model)
+    batch, ids = twin.next()
+    assert both.stream.tokens == twin.tokens  # one memory batch served, not two
+    out = model(**batch)
+    z = torch.cat([both.z[i] for i in ids.tolist()])
+    mse = torch.nn.functional.mse_loss(out.logits[response_mask(batch["labels"])].float(), z)
+    torch.testing.assert_close(total, 0.5 * mse + 0.25 * out.loss)
+    assert float(both.terms["mse"]) > 0 and float(both.terms["ce"]) > 0
+
+
+@pytest.mark.parametrize("chunk", [None, 1000], ids=["flat-small-tensors", "ragged-chunks"])
+def test_refresh_shared_ascent_moves_along_the_steps_own_user_gradient(toy, chunk, monkeypatch) -> None:
+    from sweeps.formatting import collate
+    from sweeps.methods import Refresh, _chunks, refresh
+
+    if chunk is not None:  # every tensor above the chunk size: the chunked pass, ragged tails, instead of the flat one
+        monkeypatch.setattr(_chunks, "CHUNK", chunk)
+        monkeypatch.setattr(refresh, "CHUNK", chunk)
+    model = _model(toy, False)
+    refresh = Refresh(gamma=1e-3, noise=0.0, lam=0.0, beta=0.0, ascent="shared")
+    refresh.setup(_ctx(toy, model, refresh))
+    assert (len(refresh.small) == len(refresh.damping)) == (chunk is None)  # the path under test
+    batch = collate(toy[2][:4], toy[1])
+    model(**batch).loss.backward()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    refresh.before_step(1, [batch])  # the separate pass is off in shared mode
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    refresh.after_user_backward(model)
+    for n, p in model.named_parameters():
+        g, theta = grads[n], before[n]
+        expected = theta + 1e-3 * g * theta.norm() / (g.norm() + 1e-20) * refresh.damping[n]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
+        assert torch.equal(p.grad, g)  # the gradient itself is descended unchanged
+    # the separate mode takes its own pass on the first micro-batch: the same move from the same gradient here
+    other = _model(toy, False)
+    sep = Refresh(gamma=1e-3, noise=0.0, lam=0.0, beta=0.0, ascent="separate")
+    sep.setup(_ctx(toy, other, sep))
+    sep.before_step(1, [batch])
+    for (n, a), b in zip(model.named_parameters(), other.parameters(), strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-7, msg=n)
+
+
+@pytest.mark.parametrize("cfg", [{"derpp": {"same_batch": True}}, {"refresh": {"ascent": "shared"}},
+                                 {"refresh": {"ascent": "shared", "same_batch": True}}], ids=str)  # fmt: skip
+def test_cheaper_variants_act_and_their_zero_strength_is_plain(toy, cfg: dict) -> None:
+    (key, extra), = cfg.items()
+    off, _ = _run(toy, {key: _entry(key, **extra, **REGISTRY[key].off)})
+    for (n, a), b in zip(_plain(toy).named_parameters(), off.parameters(), strict=True):
+        assert torch.equal(a, b), n
+    model, stack = _run(toy, {key: _entry(key, **extra)})
+    assert any(not torch.equal(a, b) for a, b in zip(_plain(toy).parameters(), model.parameters(), strict=True))
+    assert stack.metrics()[f"{key}/{REGISTRY[key].term}"] != 0
+
+
 def test_lwf_term_is_zero_at_the_aligned_weights_and_grows_after(toy) -> None:
     _, stack = _run(toy, {"lwf": _entry("lwf")}, steps=1)
     fresh = _model(toy, False)

@@ -13,6 +13,9 @@
       per micro-batch:
         extra_loss(model, batch, outputs)  a term on the USER batch (LwF), added to that micro-batch's loss and
                                  scaled by 1/grad_accum like it; `outputs.hidden_states` when capture_hidden()
+      after_user_backward(model) the user micro-batches' gradients are in `.grad` (scaled under fp16), no memory
+                                 term yet: may read them and move the weights (Refresh's `ascent: shared`), must
+                                 not change `.grad`
       step_loss(model)           once per step, after all micro-batches: a term on memory batches (DER, DER++,
                                  replay); its backward adds to the gradients. Not scaled.
       after_backward(model)      gradients complete, before clipping: add parameter-only penalties in closed form
@@ -67,6 +70,9 @@ class TrainingMethod:
 
     def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
         return None
+
+    def after_user_backward(self, model: nn.Module) -> None:
+        """The user micro-batches' gradients are in `.grad`; step_loss terms come next."""
 
     def step_loss(self, model: nn.Module) -> torch.Tensor | None:
         return None
@@ -123,6 +129,11 @@ def check_number(kwargs: dict[str, Any], arg: str, default: Any, *, lo: float | 
     return [f"{arg}: must be {what}{' ' + bounds if bounds else ''}{' or null' if none_ok else ''}, got {v!r}"]
 
 
+def check_flag(kwargs: dict[str, Any], arg: str, default: bool = False) -> list[str]:
+    v = kwargs.get(arg, default)
+    return [] if isinstance(v, bool) else [f"{arg}: must be true or false, got {v!r}"]
+
+
 def check_choice(kwargs: dict[str, Any], arg: str, default: Any, choices: Sequence[Any]) -> list[str]:
     v = kwargs.get(arg, default)
     return [] if v in choices else [f"{arg}: {v!r} is not one of {list(choices)}"]
@@ -150,6 +161,10 @@ class MethodStack(TrainingMethod):
     def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
         terms = [t for m in self.methods if (t := m.extra_loss(model, batch, outputs)) is not None]
         return torch.stack(terms).sum() if terms else None
+
+    def after_user_backward(self, model: nn.Module) -> None:
+        for m in self.methods:
+            m.after_user_backward(model)
 
     def step_loss(self, model: nn.Module) -> torch.Tensor | None:
         terms = [t for m in self.methods if (t := m.step_loss(model)) is not None]

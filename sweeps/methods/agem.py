@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sweeps.methods._base import TrainingMethod, check_number
+from sweeps.methods._base import TrainingMethod, check_flag, check_number
 from sweeps.methods._context import TrainingContext
 
 
@@ -42,9 +42,7 @@ class AGEM(TrainingMethod):
     def check_args(cls, kwargs: dict[str, Any]) -> list[str]:
         errors = check_number(kwargs, "size", None, lo=0, open_lo=True, integer=True, none_ok=True)
         errors += check_number(kwargs, "batch_size", None, lo=0, open_lo=True, integer=True, none_ok=True)
-        if not isinstance(kwargs.get("project", True), bool):
-            errors.append(f"project: must be true or false, got {kwargs.get('project')!r}")
-        return errors
+        return errors + check_flag(kwargs, "project", True)
 
     def setup(self, ctx: TrainingContext) -> None:
         self.params = list(ctx.params.values())

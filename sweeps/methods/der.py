@@ -2,6 +2,7 @@
 
     DER:    L = CE_user + λ·MSE(f_θ(x'), z')             (x', z') a memory batch, z' = θ_aligned's logits
     DER++:  L = DER + β·CE(f_θ(x''), y'')                (x'', y'') a second, independent memory batch
+                                                          (`same_batch: true`: x'' = x', one forward for both terms)
 
 Both terms use the response positions only (prompt and pad masked), in fp32, on one memory batch per optimiser
 step (after the user micro-batches; `batch_size` = the user batch size unless set). mammoth's defaults: the MSE is
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from sweeps.methods._base import TrainingMethod, check_choice, check_number
+from sweeps.methods._base import TrainingMethod, check_choice, check_flag, check_number
 from sweeps.methods._context import TrainingContext, response_mask
 
 STORES = ("logits", "teacher")
@@ -62,12 +63,13 @@ class DER(TrainingMethod):
                 logits, mask = ctx.model(**batch).logits.float(), response_mask(batch["labels"])
                 self.z += [row[m].cpu() for row, m in zip(logits, mask, strict=True)]
 
-    def replay(self, model: nn.Module) -> torch.Tensor | None:
+    def replay(self, model: nn.Module, drawn: tuple[dict, torch.Tensor, Any] | None = None) -> torch.Tensor | None:
+        """λ·MSE on a fresh memory batch, or on `drawn` = (batch, ids, its outputs) already forwarded."""
         if self.lam == 0:
             return None
-        batch, ids = self.stream.next(self.batch_size)
+        batch, ids = drawn[:2] if drawn is not None else self.stream.next(self.batch_size)
         mask = response_mask(batch["labels"])
-        f = model(**batch).logits[mask].float()
+        f = (drawn[2] if drawn is not None else model(**batch)).logits[mask].float()
         if self.store == "teacher":
             z = self.teacher(**batch).logits[mask].float()
         else:  # rows in batch order, positions in order: the same flattening as logits[mask]
@@ -98,28 +100,35 @@ class DERpp(DER):
     off: ClassVar[dict[str, Any]] = {"lam": 0.0, "beta": 0.0}
 
     def __init__(self, lam: float = 0.5, beta: float = 0.5, memory: dict | None = None, size: int | None = None,
-                 batch_size: int | None = None, store: str = "logits") -> None:  # fmt: skip
-        errors = check_number({"beta": beta}, "beta", 0.5, lo=0)
+                 batch_size: int | None = None, store: str = "logits", same_batch: bool = False) -> None:  # fmt: skip
+        errors = check_number({"beta": beta}, "beta", 0.5, lo=0) + check_flag({"same_batch": same_batch}, "same_batch")
         if errors:
             raise ValueError("; ".join(errors))
         super().__init__(lam=lam, memory=memory, size=size, batch_size=batch_size, store=store)
-        self.beta = float(beta)
+        self.beta, self.same_batch = float(beta), same_batch
 
     @classmethod
     def check_args(cls, kwargs: dict[str, Any]) -> list[str]:
-        return super().check_args(kwargs) + check_number(kwargs, "beta", 0.5, lo=0)
+        return super().check_args(kwargs) + check_number(kwargs, "beta", 0.5, lo=0) + check_flag(kwargs, "same_batch")
 
     def step_loss(self, model: nn.Module) -> torch.Tensor | None:
-        terms = [t for t in (self.replay(model), self.ce(model)) if t is not None]
+        if self.same_batch and self.lam > 0 and self.beta > 0:  # one memory batch, one forward, both terms
+            batch, ids = self.stream.next(self.batch_size)
+            out = model(**batch)
+            terms = [self.replay(model, (batch, ids, out)), self.ce(model, (batch, out))]
+        else:  # mammoth's DER++: two independent memory batches
+            terms = [self.replay(model), self.ce(model)]
+        terms = [t for t in terms if t is not None]
         return torch.stack(terms).sum() if terms else None
 
-    def ce(self, model: nn.Module) -> torch.Tensor | None:
+    def ce(self, model: nn.Module, drawn: tuple[dict, Any] | None = None) -> torch.Tensor | None:
+        """β·CE on a fresh memory batch, or on `drawn` = (batch, its outputs) already forwarded."""
         if self.beta == 0:
             return None
-        batch, _ = self.stream.next(self.batch_size)
-        term = self.beta * model(**batch).loss
+        batch, out = drawn if drawn is not None else (self.stream.next(self.batch_size)[0], None)
+        term = self.beta * (out if out is not None else model(**batch)).loss
         self.terms["ce"] = term.detach()
         return term
 
     def metrics(self) -> dict[str, float]:
-        return {**super().metrics(), "beta": self.beta}
+        return {**super().metrics(), "beta": self.beta, "same_batch": float(self.same_batch)}

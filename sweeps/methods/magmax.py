@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from sweeps.methods._base import TrainingMethod, check_number
+from sweeps.methods._base import TrainingMethod, check_flag, check_number
 from sweeps.methods._context import TrainingContext, base_names
 
 
@@ -45,10 +45,7 @@ class MagMax(TrainingMethod):
 
     @classmethod
     def check_args(cls, kwargs: dict[str, Any]) -> list[str]:
-        errors = check_number(kwargs, "scale", 0.5, lo=0)
-        if not isinstance(kwargs.get("enabled", True), bool):
-            errors.append(f"enabled: must be true or false, got {kwargs.get('enabled')!r}")
-        return errors
+        return check_number(kwargs, "scale", 0.5, lo=0) + check_flag(kwargs, "enabled", True)
 
     def setup(self, ctx: TrainingContext) -> None:
         self.ctx = ctx
