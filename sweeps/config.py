@@ -190,7 +190,10 @@ class EvalConfig:
     accuracy: str | None = "exact"  # answer checker for utility accuracy: exact | gsm8k | label | None
     accuracy_max_new_tokens: int = 32
     accuracy_limit: int | None = None
-    judge: str = "keyword"  # verdict source for ASR: keyword | llama_guard (over-refusal always uses keywords)
+    judge: str = "keyword"  # verdict source for ASR: keyword | llama_guard (over-refusal: overrefusal_judge)
+    # over-refusal verdicts: xstest (the answer starts with one of XSTest's refusal prefixes) | gcg | strict (keywords
+    # anywhere; gcg was the default before 2026-12-06 and flags compliant answers that say "illegal", "As an", ...)
+    overrefusal_judge: str = "xstest"
     judge_model: str | None = None  # eval.judge=llama_guard: a local Llama-Guard-style model directory
     baseline: bool = False  # also score the starting model (metrics prefixed "start/")
     also_live: bool = False  # with EMA in shadow mode, also score the live weights (prefixed "live/")

@@ -20,7 +20,7 @@ from sweeps.config import ConfigError, MixConfig, OptimConfig, TrainConfig, Worl
 from sweeps.data.spec import check_dataset
 from sweeps.precision import precision_errors
 from sweeps.resolve import uses_toy
-from sweeps.scoring.judges import JUDGES, guard_path_error, is_classifier
+from sweeps.scoring.judges import JUDGES, OVERREFUSAL_JUDGES, guard_path_error, is_classifier
 from sweeps.scoring.keywords import KEYWORD_LISTS
 from sweeps.toyworld._world import TRAIN_TEMPLATES
 
@@ -270,6 +270,8 @@ def validate(cfg: TrainConfig) -> None:
         errors.append(f"eval.accuracy: '{e.accuracy}' is not one of {sorted(c for c in _CHECKERS if c)} or null")
     _check_trial(errors, cfg, METRICS)
     _check_world(errors, cfg.world)
+    if e.overrefusal_judge not in OVERREFUSAL_JUDGES:
+        errors.append(f"eval.overrefusal_judge: '{e.overrefusal_judge}' is not one of {list(OVERREFUSAL_JUDGES)}")
     if e.judge not in JUDGES:
         errors.append(f"eval.judge: '{e.judge}' is not a known judge (available: {', '.join(JUDGES)})")
     elif is_classifier(e.judge) and (judge_error := guard_path_error(e.judge_model)):

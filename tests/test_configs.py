@@ -68,6 +68,7 @@ def test_every_config_file_composes(rel: str) -> None:
         ("+data.train.path=/no/such/file.csv", "data.train.path"),
         ("eval.asr.keywords=nope", "eval.asr.keywords"),
         ("eval.judge=llama_guard", "eval.judge"),
+        ("eval.overrefusal_judge=wildguard", "eval.overrefusal_judge"),
         ("eval.asr.limit=-1", "eval.asr.limit"),
         ("eval.asr.limit=0", "eval.asr.limit"),
         ("eval.accuracy_limit=0", "eval.accuracy_limit"),

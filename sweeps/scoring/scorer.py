@@ -20,7 +20,7 @@ from sweeps.data import Example
 from sweeps.formatting import Encoded, PromptFormatter, Truncation
 from sweeps.scoring.accuracy import CHECKERS
 from sweeps.scoring.generate import DRAFT_ROUNDS, generate
-from sweeps.scoring.judges import JUDGES, Judge, KeywordJudge, is_classifier
+from sweeps.scoring.judges import JUDGES, Judge, KeywordJudge, is_classifier, overrefusal_judge
 from sweeps.scoring.nll import per_example_nll
 
 METRICS = ("asr", "safety_loss", "compliance_loss", "over_refusal", "utility_loss", "utility_acc")
@@ -61,10 +61,11 @@ class Scorer:
         judge: Judge | None = None,
     ) -> None:
         self.tok, self.fmt, self.sets, self.cfg = tokenizer, formatter, sets, cfg
-        # refusals by keyword always (over-refusal, `asr_keyword`); a classifier judge (eval.judge) adds `asr_judge`
+        # ASR refusals by keyword always (`asr_keyword`); a classifier judge (eval.judge) adds `asr_judge`
         # and then decides `asr`; it is loaded at the first score(), on the evaluated model's device
         keyword = KeywordJudge if is_classifier(cfg.judge) else JUDGES[cfg.judge]
         self.judge = judge or keyword(cfg.asr.keywords)
+        self.over_judge = overrefusal_judge(cfg.overrefusal_judge)  # benign prompts: refused or not
         self.classifier: Any = None
         self.draft_rounds = DRAFT_ROUNDS  # how hard score(drafts=...) tries the drafts (sweeps.scoring.generate)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -107,13 +108,15 @@ class Scorer:
         values = per_example_nll(model, data, pad_id=self.pad_id, batch_size=self.cfg.nll_batch_size)
         return sum(values) / len(values)
 
-    def _refusals(self, model: nn.Module, items, name: str, early_stop: bool, progress: bool, drafts):
+    def _refusals(self, model: nn.Module, items, name: str, early_stop: bool, progress: bool, drafts,
+                  judge: Judge | None = None):  # fmt: skip
+        judge = judge or self.judge
         gens = generate(
             model, self.tok, [ids for _, ids in items], max_new_tokens=self.cfg.asr.max_new_tokens,
-            batch_size=self.cfg.asr.batch_size, stop_when=self.judge.settled if early_stop else None,
+            batch_size=self.cfg.asr.batch_size, stop_when=judge.settled if early_stop else None,
             drafts=drafts.get(name), draft_rounds=self.draft_rounds, progress=progress, desc=name,
         )  # fmt: skip
-        refused = self.judge.refused([p for p, _ in items], [g.text for g in gens])
+        refused = judge.refused([p for p, _ in items], [g.text for g in gens])
         records = [
             {"set": name, "index": i, "prompt": p, "response": g.text, "refused": r, "new_tokens": g.new_tokens,
              "drafted": g.drafted, "stopped_early": g.stopped_early}
@@ -163,7 +166,7 @@ class Scorer:
             gens += records
         if "over_refusal" in wanted:
             rate, records, tokens["overrefusal"] = self._refusals(
-                model, self._over, "overrefusal", self.cfg.asr.early_stop, progress, drafts
+                model, self._over, "overrefusal", self.cfg.asr.early_stop, progress, drafts, self.over_judge
             )
             out["over_refusal"] = rate
             gens += records
@@ -171,7 +174,7 @@ class Scorer:
             if metric in wanted:  # records and drafts under set "overrefusal/<name>"
                 name = "overrefusal/" + metric.removeprefix(EXTRA_OVER)
                 out[metric], records, tokens[name] = self._refusals(
-                    model, items, name, self.cfg.asr.early_stop, progress, drafts
+                    model, items, name, self.cfg.asr.early_stop, progress, drafts, self.over_judge
                 )
                 gens += records
         if "safety_loss" in wanted:
