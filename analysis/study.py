@@ -302,8 +302,10 @@ def finished(job: Job, seed: int) -> bool:
 
 
 def command(job: Job, seeds: Sequence[int]) -> list[str]:
+    # the folder quoted for Hydra's override grammar: `--set` folders hold '=' (studies/smollm2+optim.lr=1e-3/...)
+    folder = str(job.root).replace("'", "\\'")
     return [sys.executable, "-m", "sweeps.train", "-m", *job.overrides, f"seed={','.join(map(str, seeds))}",
-            "hydra/launcher=basic", f"hydra.sweep.dir={job.root}", "hydra.sweep.subdir=seed_${seed}"]  # fmt: skip
+            "hydra/launcher=basic", f"hydra.sweep.dir='{folder}'", "hydra.sweep.subdir=seed_${seed}"]  # fmt: skip
 
 
 def _child_env() -> dict[str, str]:

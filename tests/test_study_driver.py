@@ -185,6 +185,12 @@ def test_set_overrides_every_row_and_reused_rows_in_their_own_folder(capsys) -> 
     assert [r.name for r in study.select_rows(t1, quick=True, only=["der", "sft"])] == ["sft", "der"]  # study order
     with pytest.raises(AnalysisError, match=re.escape("--rows: no row 'ewc' in conf/study/cl_table1.yaml quick.rows")):
         study.select_rows(t1, quick=True, only=["ewc"])  # a row, but not in the quick subset
+    # the run command parses (Hydra's grammar) with '=' , '+', a space and a quote in the folder
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    odd = study.Job(jobs[0].row, Path("studies/a b+optim.lr=1e-3/it's") / "sft", jobs[0].overrides)
+    parsed = OverridesParser.create().parse_overrides(study.command(odd, [0, 1])[4:])
+    assert {o.key_or_group: o.value() for o in parsed}["hydra.sweep.dir"] == str(odd.root)
     for bad in ("optim.lr", "hydra.sweep.dir=x"):
         assert study.main(["cl_table1", "--set", bad, "--check"]) == 2
         assert capsys.readouterr().err.strip() == f"error: --set {bad}: a sweeps.train override KEY=VALUE " \
