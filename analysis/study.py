@@ -228,10 +228,15 @@ def plan(study: Study, rows: Sequence[Row], out: Path, scale: str, sets: Sequenc
     return jobs
 
 
-def _task_overrides(overrides: Sequence[str]) -> list[str]:
-    """What Hydra records in a run's .hydra/overrides.yaml for these job overrides (hydra.* and hydra/... are not
-    the task's) and the seed, which is the run dir's own."""
-    return [o for o in overrides if not o.lstrip("+~").startswith("hydra") and not o.startswith("seed=")]
+def _task_overrides(overrides: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """The run's settings as Hydra records them in .hydra/overrides.yaml: hydra.* / hydra/... and the seed left out,
+    a key given twice kept once with its last value, values parsed (its sweeper writes `true` back as `True`, `2e-3`
+    as `0.002`): key → (value, the override as written)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    kept = [o for o in overrides if not o.lstrip("+~").startswith("hydra") and not o.startswith("seed=")]
+    parsed = OverridesParser.create().parse_overrides(kept)
+    return {o.get_key_element(): (o.value(), text) for o, text in zip(parsed, kept, strict=True)}
 
 
 def check_reuse(jobs: Sequence[Job], seeds: Sequence[int]) -> None:
@@ -244,12 +249,13 @@ def check_reuse(jobs: Sequence[Job], seeds: Sequence[int]) -> None:
             if not finished(job, seed) or not recorded.is_file():  # anything else is rerun, not reused
                 continue
             got = _task_overrides(yaml.safe_load(recorded.read_text()) or [])
-            if got != want:
-                added = [o for o in want if o not in got] or ["(order)"]
-                dropped = [o for o in got if o not in want] or ["(order)"]
+            values = {k: v for k, (v, _) in want.items()}
+            if {k: v for k, (v, _) in got.items()} != values:
+                added = [text for k, (v, text) in want.items() if got.get(k, (..., ""))[0] != v]
+                dropped = [text for k, (v, text) in got.items() if values.get(k, ...) != v]
                 raise AnalysisError(f"row '{job.row.name}': {run_dir(job, seed)} was run with other overrides "
-                                    f"(now {' '.join(added)}; then {' '.join(dropped)}): give this study its own "
-                                    "--out, or remove that folder to rerun it")  # fmt: skip
+                                    f"(now {' '.join(added) or '-'}; then {' '.join(dropped) or '-'}): give this study "
+                                    "its own --out, or remove that folder to rerun it")  # fmt: skip
 
 
 def check(study: Study, jobs: Sequence[Job]) -> None:

@@ -185,6 +185,15 @@ def test_set_overrides_every_row_and_reused_rows_in_their_own_folder(capsys) -> 
     assert [r.name for r in study.select_rows(t1, quick=True, only=["der", "sft"])] == ["sft", "der"]  # study order
     with pytest.raises(AnalysisError, match=re.escape("--rows: no row 'ewc' in conf/study/cl_table1.yaml quick.rows")):
         study.select_rows(t1, quick=True, only=["ewc"])  # a row, but not in the quick subset
+    # what Hydra records of a run (.hydra/overrides.yaml: a key once, its last value, values re-written) matches
+    recorded = ["experiment=smollm2_gsm8k", "model.lora.enabled=True", "optim.lr=0.002", "method=[]", "seed=0"]
+    given = ["experiment=toy_aggressive", "experiment=smollm2_gsm8k", "model.lora.enabled=true", "optim.lr=5e-5",
+             "method=[]", "optim.lr=2e-3", "hydra/launcher=basic", "seed=0"]  # fmt: skip
+    def values(overrides: list[str]) -> dict:
+        return {k: v for k, (v, _) in study._task_overrides(overrides).items()}
+
+    assert values(recorded) == values(given)
+    assert values(recorded) != values([*given, "optim.lr=1e-3"])
     # the run command parses (Hydra's grammar) with '=' , '+', a space and a quote in the folder
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
