@@ -185,6 +185,11 @@ def test_set_overrides_every_row_and_reused_rows_in_their_own_folder(capsys) -> 
     assert [r.name for r in study.select_rows(t1, quick=True, only=["der", "sft"])] == ["sft", "der"]  # study order
     with pytest.raises(AnalysisError, match=re.escape("--rows: no row 'ewc' in conf/study/cl_table1.yaml quick.rows")):
         study.select_rows(t1, quick=True, only=["ewc"])  # a row, but not in the quick subset
+    # the shipped quick subsets run 6 runs at --model smollm2 (README: within an hour): rows of their own, once each
+    own = {(s.name, r.name) if r.source is None else r.source for s in map(study.load_study, study.study_names())
+           if s.name.startswith("cl_table") for r in study.select_rows(s, quick=True)}  # fmt: skip
+    assert sorted(own) == [("cl_table1", "der"), ("cl_table1", "sft"), ("cl_table2", "der"), ("cl_table2", "lisa"),
+                           ("cl_table2", "sft"), ("cl_table5", "der_m250")]  # fmt: skip
     # what Hydra records of a run (.hydra/overrides.yaml: a key once, its last value, values re-written) matches
     recorded = ["experiment=smollm2_gsm8k", "model.lora.enabled=True", "optim.lr=0.002", "method=[]", "seed=0"]
     given = ["experiment=toy_aggressive", "experiment=smollm2_gsm8k", "model.lora.enabled=true", "optim.lr=5e-5",
