@@ -169,7 +169,10 @@ def test_ctrl_c_exits_130_with_a_note_and_no_metrics(tmp_path, toy_root) -> None
     log = tmp_path / "output.txt"
     with log.open("w") as err:
         args = [PYTHON, "-m", "sweeps.train", f"hydra.run.dir={run_dir}", "optim.max_steps=99999", "optim.batch_size=2"]
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT)  # Hydra logs to stdout
+        # SIGINT as at a terminal: a test run started in the background (nohup, `cmd &`) inherits SIGINT ignored, and
+        # Python then never raises KeyboardInterrupt
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT,  # Hydra logs to stdout
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
         deadline = time.monotonic() + 300
         while "training on" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
