@@ -60,9 +60,11 @@ STUDY_KEYS = {"title", "paper_source", "overrides", "seeds", "rows", "table", "q
 class Row:
     name: str
     overrides: list[str]
-    label: str | None = None  # shown instead of the method label derived from metrics.json
+    label: str | None = None  # shown instead of the method label derived from metrics.json; "{x}" is the row's x
     group: str | None = None  # the figure's series (a method, a family)
-    x: float | None = None  # the swept value of a `sweep` figure
+    # the swept value of a `sweep` figure: a number, or a metrics.json key whose recorded value it is (`der/memory`:
+    # the memory the run really had, not the one the config author assumed)
+    x: float | str | None = None
     source: tuple[str, str] | None = None  # (study, row) whose runs these are
     paper: dict[str, float] = field(default_factory=dict)
 
@@ -163,8 +165,8 @@ def _row(raw: Any, i: int, where: str) -> Row:
     if not isinstance(paper, dict) or not all(isinstance(v, int | float) for v in paper.values()):
         raise AnalysisError(f"{here}: paper: a mapping metric → number, got {paper!r}")
     x = raw.get("x")
-    if x is not None and not isinstance(x, int | float):
-        raise AnalysisError(f"{here}: x: a number, got {x!r}")
+    if x is not None and not isinstance(x, int | float | str):
+        raise AnalysisError(f"{here}: x: a number or a metrics.json key, got {x!r}")
     return Row(name=name, overrides=_strings(raw.get("overrides", []), f"{here}: overrides"),
                label=raw.get("label"), group=raw.get("group"), x=x, source=source,
                paper={k: float(v) for k, v in paper.items()})  # fmt: skip
@@ -375,8 +377,9 @@ def collect(jobs: Sequence[Job], seeds: Sequence[int]) -> list[Point]:
             if m is not None and m.get("status") == "completed":
                 runs.append((run_dir(job, s), m))
         method = methods_label(runs[0][1].get("methods") or [], runs[0][1]) if runs else "–"
-        label = job.row.label or method
-        points.append(Point(job.row.name, label, method, job.row.group or label, job.row.x, job.row.paper, runs))
+        x = _row_x(job.row, runs)
+        label = (job.row.label or method).replace("{x}", "?" if x is None else f"{x:g}")
+        points.append(Point(job.row.name, label, method, job.row.group or label, x, job.row.paper, runs))
         alphas = sorted({k.split("/")[1] for _, m in runs for k in m if k.startswith("interp/")}, key=float)
         for a in alphas:
             sub = [(d, {"seed": m.get("seed"), **{k.split("/", 2)[2]: v for k, v in m.items()
@@ -384,6 +387,17 @@ def collect(jobs: Sequence[Job], seeds: Sequence[int]) -> list[Point]:
             points.append(Point(f"{job.row.name}_alpha{a}", f"{label} α={a}", method, "interpolation", float(a), {},
                                 [(d, m) for d, m in sub if len(m) > 1], weights=f"interp/{a}"))  # fmt: skip
     return points
+
+
+def _row_x(row: Row, runs: Sequence[tuple[Path, dict[str, Any]]]) -> float | None:
+    """The row's x: its number, or the mean over its runs of the metrics.json value it names; None (label "m=?")
+    before any run or when a run did not record it (made by an older version)."""
+    if not isinstance(row.x, str):
+        return row.x
+    values = [m.get(row.x) for _, m in runs]
+    if not values or not all(isinstance(v, int | float) for v in values):
+        return None
+    return float(np.mean(values))
 
 
 def summarise(points: Sequence[Point], metrics: Sequence[str], n_boot: int = 2000) -> pd.DataFrame:

@@ -58,6 +58,8 @@ def test_lisa_anchor_is_the_last_weights_of_the_other_phase_and_batches_are_swap
             w.add_(torch.full_like(w, float(step)))  # a distinct move per step
         ends[phase] = w.detach().clone()
     assert lisa.metrics()["align_steps"] == 4.0  # steps 1, 2, 5, 6
+    assert lisa.metrics()["memory"] == 1.0  # the safety stream's size, as DER's `memory` (Table 5's m)
+    assert _lisa(10, align_steps=0)[1].metrics()["memory"] == 0.0  # no alignment phase: no stream loaded
 
 
 def test_lisa_state_restores_the_clock_and_anchors() -> None:

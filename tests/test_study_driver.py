@@ -146,6 +146,35 @@ def test_table_on_synthetic_run_dirs_mean_ci_bootstrap_and_formats(tmp_path) -> 
     assert r"\toprule" in tex and r"40.0 $\pm$ " in tex and r"ASR \%" in tex and r"\label{tab:syn}" in tex
 
 
+def test_x_read_from_metrics_labels_the_row_as_it_ran(tmp_path) -> None:
+    """A row's x may name a metrics.json key (Table 5's m is the memory the run had: 13 of SmolLM2's 250 examples,
+    not the 50 the toy world's default gives); "{x}" in its label is that value; no runs or an unrecorded key: "?"."""
+    path = _write_study(tmp_path / "conf", "syn", {
+        "seeds": [0, 1],
+        "rows": [{"name": "der", "label": "DER m={x}", "x": "der/memory", "overrides": ["method=[der]"]},
+                 {"name": "old", "label": "DER m={x}", "x": "der/memory", "overrides": ["method=[der]"]},
+                 {"name": "none", "label": "DER m={x}", "x": "der/memory", "overrides": ["method=[der]"]},
+                 {"name": "fixed", "label": "fixed {x}", "x": 7, "overrides": []}],
+        "table": {"metrics": ["asr", "utility_acc"], "figure": "sweep"}})  # fmt: skip
+    s = study.load_study(str(path))
+    out = tmp_path / "out"
+    for seed in (0, 1):
+        _synthetic_run(out / "der" / f"seed_{seed}", seed, [1, 0])
+        _synthetic_run(out / "old" / f"seed_{seed}", seed, [1, 0])
+        for row in ("der", "old"):
+            metrics = json.loads((out / row / f"seed_{seed}" / "metrics.json").read_text())
+            if row == "der" or seed == 0:  # row `old`: its seed 1 was made before the metric existed
+                metrics["der/memory"] = 13.0
+            (out / row / f"seed_{seed}" / "metrics.json").write_text(json.dumps(metrics))
+    points = {p.name: p for p in study.collect(study.plan(s, s.rows, out, "toy"), s.seeds)}
+    assert (points["der"].x, points["der"].label) == (13.0, "DER m=13")
+    assert (points["old"].x, points["old"].label) == (None, "DER m=?")
+    assert (points["none"].x, points["none"].label) == (None, "DER m=?")
+    assert (points["fixed"].x, points["fixed"].label) == (7, "fixed 7")
+    with pytest.raises(AnalysisError, match=r"row 'bad': x: a number or a metrics.json key"):
+        study.load_study(str(_write_study(tmp_path / "conf", "bad", {"rows": [{"name": "bad", "x": [1]}]})))
+
+
 def test_every_shipped_study_loads_at_both_scales_and_the_benign_ones_validate() -> None:
     names = study.study_names()
     assert {"cl_table1", "cl_table2", "cl_table3", "cl_table4", "cl_table5", "ema"} <= set(names)

@@ -134,4 +134,5 @@ class Lisa(TrainingMethod):
         return {"align": float(self.phase == ALIGN), "proximal": self.proximal}
 
     def metrics(self) -> dict[str, float]:
-        return {"align_steps": float(self.n_align), "proximal": float(self.proximal)}
+        return {"align_steps": float(self.n_align), "proximal": float(self.proximal),
+                "memory": float(len(self.stream)) if getattr(self, "stream", None) is not None else 0.0}
