@@ -66,6 +66,10 @@ def align_key(model: ModelConfig, data: DataConfig) -> str:
         "base": [model.name_or_path, model.gguf_file, model.revision, model.dtype, _precision(model)],
         "refusal": _spec_identity(a.refusal),
         "benign": _spec_identity(a.benign),
+        # absent when unused, so the keys (and caches) of alignments made before the field existed stay as they were
+        **({"borderline": _spec_identity(a.borderline), "borderline_tokens": a.borderline_tokens,
+            "held_out": {k: _spec_identity(v) for k, v in _overrefusal_specs(data).items()}}
+           if a.borderline is not None else {}),
         "optim": dataclasses.asdict(a.optim),
         "max_length": a.max_length,
         "seed": a.seed,
@@ -73,6 +77,48 @@ def align_key(model: ModelConfig, data: DataConfig) -> str:
         "system_prompt": data.system_prompt,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _overrefusal_specs(data: DataConfig) -> dict[str, DatasetConfig]:
+    specs = {"data.overrefusal": data.overrefusal} if data.overrefusal is not None else {}
+    return specs | {f"data.overrefusal_extra.{k}": v for k, v in data.overrefusal_extra.items()}
+
+
+def _held_out_prompts(data: DataConfig) -> set[str]:
+    """The prompts the over-refusal evaluation scores, as configured (file and hub sets; toy sets are the toy's)."""
+    from sweeps.data import DataError, load_examples
+
+    prompts: set[str] = set()
+    for key, spec in _overrefusal_specs(data).items():
+        if spec.source == "toy":
+            continue
+        try:
+            prompts |= {e.prompt for e in load_examples(spec, key=key)}
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+    return prompts
+
+
+def _distill_borderline(model: Any, tok: Any, fmt: Any, prompts: list[str], max_new_tokens: int,
+                        progress: bool) -> tuple[list[tuple[str, str]], int]:  # fmt: skip
+    """The base model's own greedy answers to `prompts`; an answer that starts as a refusal (XSTest's prefixes, the
+    over-refusal judge) or is empty is dropped. An answer cut at max_new_tokens ends at its last full sentence."""
+    from sweeps.scoring.generate import generate
+    from sweeps.scoring.keywords import starts_as_refusal
+
+    out = generate(model, tok, [fmt.encode_prompt(p) for p in prompts], max_new_tokens=max_new_tokens,
+                   batch_size=16, progress=progress, desc="align: borderline answers")  # fmt: skip
+    pairs, refused = [], 0
+    for prompt, g in zip(prompts, out, strict=True):
+        text = g.text.strip()
+        if g.new_tokens >= max_new_tokens:
+            cut = max(text.rfind(c) for c in ".!?\n")
+            text = text[: cut + 1].strip() if cut > 0 else text
+        if not text or starts_as_refusal(text):
+            refused += 1
+            continue
+        pairs.append((prompt, text))
+    return pairs, refused
 
 
 def _precision(model: ModelConfig) -> str:
@@ -122,16 +168,26 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
         refusal = load_examples(a.refusal, key="model.align.refusal", need=("prompt", "response"))
         benign = [] if a.benign is None else load_examples(a.benign, key="model.align.benign",
                                                             need=("prompt", "response"))  # fmt: skip
+        borderline = [] if a.borderline is None else load_examples(a.borderline, key="model.align.borderline")
     except DataError as e:
         raise ConfigError(str(e)) from None
+    held_out = _held_out_prompts(data) if borderline else set()
+    borderline_prompts = [e.prompt for e in borderline if e.prompt not in held_out]
     base_cfg = dataclasses.replace(model_cfg, lora=dataclasses.replace(model_cfg.lora, enabled=False))
-    log.info("aligning %s on %d refusal + %d benign examples (once; cached in %s)", model_cfg.name_or_path,
-             len(refusal), len(benign), root)  # fmt: skip
+    log.info("aligning %s on %d refusal + %d benign (+ %d borderline prompts) examples (once; cached in %s)",
+             model_cfg.name_or_path, len(refusal), len(benign), len(borderline_prompts), root)  # fmt: skip
     model, tok = load_base_model(base_cfg, model_cfg.name_or_path)
     fmt = PromptFormatter(tok, data.template, data.system_prompt)
+    distilled, n_refused = [], 0
+    if borderline_prompts:
+        distilled, n_refused = _distill_borderline(model, tok, fmt, borderline_prompts, a.borderline_tokens, progress)
+        log.info("borderline: %d of %d prompts answered by the base model (%d held out as evaluation prompts, %d "
+                 "answers started as a refusal)", len(distilled), len(borderline), len(borderline) -
+                 len(borderline_prompts), n_refused)  # fmt: skip
     encoded, truncation = [], {}
-    for role, examples in (("refusal", refusal), ("benign", benign)):
-        pairs = [(e.prompt, e.response or "") for e in examples]
+    roles = [("refusal", [(e.prompt, e.response or "") for e in refusal]),
+             ("benign", [(e.prompt, e.response or "") for e in benign])]
+    for role, pairs in roles + ([("borderline", distilled)] if borderline else []):
         kept, stats = fmt.encode_pairs(pairs, a.max_length, f"model.align.{role}")
         encoded += kept
         truncation.update(stats.metrics(f"align.{role}"))
@@ -150,6 +206,8 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
         info = {
             "key": root.name.removeprefix("aligned-"), "base": model_cfg.name_or_path, "gguf_file": model_cfg.gguf_file,
             "n_refusal": len(refusal), "n_benign": len(benign), "steps": result.steps,
+            **({"n_borderline": len(distilled), "borderline_held_out": len(borderline) - len(borderline_prompts),
+                "borderline_refused": n_refused} if borderline else {}),
             "effective_batch_size": result.effective_batch_size, "final_loss": result.final_loss,
             "train_time_s": result.train_time_s, "wall_time_s": time.perf_counter() - start,
             "align": dataclasses.asdict(a), "truncation": truncation,

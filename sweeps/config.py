@@ -117,11 +117,16 @@ class AlignConfig:
 
     Trains on `refusal` (harmful prompt → refusal) mixed with `benign` (instruction → helpful answer) with `optim`,
     then caches the result as safetensors under cache_dir/aligned-<hash of model, data files and recipe>.
+    `borderline`: benign prompts that look harmful (e.g. OR-Bench-Hard), answered by the base model itself before
+    training (greedy, `borderline_tokens` new tokens; answers that start as a refusal and prompts the over-refusal
+    evaluation scores are dropped) — against refusing on trigger words ("kill a process").
     """
 
     enabled: bool = False
     refusal: DatasetConfig | None = None
     benign: DatasetConfig | None = None
+    borderline: DatasetConfig | None = None
+    borderline_tokens: int = 64
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, batch_size=8, epochs=1.0, warmup_steps=5))
     max_length: int = 256
     seed: int = 0

@@ -67,10 +67,12 @@ def _evaluation(scored: list[str]) -> list[str]:
 
 
 def truncation_metrics(cfg: Any) -> list[str]:
-    """`truncated/<role>` and `dropped/<role>`: the training set, every NLL set, the alignment stage's two sets."""
+    """`truncated/<role>` and `dropped/<role>`: the training set, every NLL set, the alignment stage's sets."""
     roles = ["train", *(r for r in ("refusal", "compliance", "utility") if _get(cfg, f"data.{r}") is not None)]
     if _get(cfg, "model.align.enabled"):
         roles += ["align.refusal", "align.benign"]
+        if _get(cfg, "model.align.borderline") is not None:
+            roles += ["align.borderline"]
     return [f"{kind}/{role}" for role in roles for kind in ("truncated", "dropped")]
 
 
