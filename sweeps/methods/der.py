@@ -30,6 +30,11 @@ from sweeps.methods._context import TrainingContext, response_mask
 STORES = ("logits", "teacher")
 
 
+def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without labels: the MSE needs logits only, not the model's own CE over the whole vocabulary."""
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
 class DER(TrainingMethod):
     key = "der"
     streams = ("memory",)
@@ -60,7 +65,7 @@ class DER(TrainingMethod):
         self.z = []
         with torch.no_grad():
             for batch, _ in self.stream.in_order():
-                logits, mask = ctx.model(**batch).logits.float(), response_mask(batch["labels"])
+                logits, mask = ctx.model(**_inputs(batch)).logits.float(), response_mask(batch["labels"])
                 self.z += [row[m].cpu() for row, m in zip(logits, mask, strict=True)]
 
     def replay(self, model: nn.Module, drawn: tuple[dict, torch.Tensor, Any] | None = None) -> torch.Tensor | None:
@@ -69,9 +74,9 @@ class DER(TrainingMethod):
             return None
         batch, ids = drawn[:2] if drawn is not None else self.stream.next(self.batch_size)
         mask = response_mask(batch["labels"])
-        f = (drawn[2] if drawn is not None else model(**batch)).logits[mask].float()
+        f = (drawn[2] if drawn is not None else model(**_inputs(batch))).logits[mask].float()
         if self.store == "teacher":
-            z = self.teacher(**batch).logits[mask].float()
+            z = self.teacher(**_inputs(batch)).logits[mask].float()
         else:  # rows in batch order, positions in order: the same flattening as logits[mask]
             z = torch.cat([self.z[i] for i in ids.tolist()]).to(f.device, non_blocking=True)
         term = self.lam * nn.functional.mse_loss(f, z)
