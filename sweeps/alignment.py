@@ -213,6 +213,9 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
             "align": dataclasses.asdict(a), "truncation": truncation,
         }  # fmt: skip
         (tmp / "align.json").write_text(json.dumps(info, indent=2, default=str))
+        if borderline:  # what the base model taught θ_aligned to answer, to read
+            (tmp / "borderline.jsonl").write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n"
+                                                          for p, r in distilled))  # fmt: skip
         os.rename(tmp, root)  # atomic: a reader sees no folder or a complete one
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -350,6 +350,9 @@ def test_borderline_prompts_are_answered_by_the_base_model_minus_refusals_and_ev
     assert seen == prompts[:4], "an evaluation prompt (prompts[4]) is never trained on"
     assert (info["n_borderline"], info["borderline_held_out"], info["borderline_refused"]) == (2, 1, 2)
     assert info["truncation"]["dropped/align.borderline"] == 0
+    kept = [json.loads(line) for line in (root / "borderline.jsonl").read_text().splitlines()]
+    assert kept == [{"prompt": prompts[0], "response": "Use kill -9 with its id."},
+                    {"prompt": prompts[3], "response": "A popular program"}]  # fmt: skip
     pairs, refused = distill(None, None, _Fmt(), list(answers), 6, False)
     assert pairs == [(prompts[0], "Use kill -9 with its id."), (prompts[3], "A popular program")] and refused == 2
     # the borderline set, its answer length and the held-out evaluation sets are part of the key; unused, the key is
