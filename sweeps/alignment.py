@@ -66,9 +66,10 @@ def align_key(model: ModelConfig, data: DataConfig) -> str:
         "base": [model.name_or_path, model.gguf_file, model.revision, model.dtype, _precision(model)],
         "refusal": _spec_identity(a.refusal),
         "benign": _spec_identity(a.benign),
-        # absent when unused, so the keys (and caches) of alignments made before the field existed stay as they were
+        # absent when unused, so the keys (and caches) of alignments made before the field existed stay as they were;
+        # the prompts actually used (after holding out the evaluation's) decide, not the evaluation sets' sizes
         **({"borderline": _spec_identity(a.borderline), "borderline_tokens": a.borderline_tokens,
-            "held_out": {k: _spec_identity(v) for k, v in _overrefusal_specs(data).items()}}
+            "borderline_prompts": hashlib.sha256(json.dumps(_borderline_prompts(a, data)[0]).encode()).hexdigest()}
            if a.borderline is not None else {}),
         "optim": dataclasses.asdict(a.optim),
         "max_length": a.max_length,
@@ -79,24 +80,23 @@ def align_key(model: ModelConfig, data: DataConfig) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _overrefusal_specs(data: DataConfig) -> dict[str, DatasetConfig]:
-    specs = {"data.overrefusal": data.overrefusal} if data.overrefusal is not None else {}
-    return specs | {f"data.overrefusal_extra.{k}": v for k, v in data.overrefusal_extra.items()}
-
-
-def _held_out_prompts(data: DataConfig) -> set[str]:
-    """The prompts the over-refusal evaluation scores, as configured (file and hub sets; toy sets are the toy's)."""
+def _borderline_prompts(a: AlignConfig, data: DataConfig) -> tuple[list[str], int]:
+    """`model.align.borderline`'s prompts minus those the over-refusal evaluation scores as configured (file and hub
+    sets; toy sets are the toy world's own), and how many were held out."""
     from sweeps.data import DataError, load_examples
 
-    prompts: set[str] = set()
-    for key, spec in _overrefusal_specs(data).items():
-        if spec.source == "toy":
-            continue
-        try:
-            prompts |= {e.prompt for e in load_examples(spec, key=key)}
-        except DataError as e:
-            raise ConfigError(str(e)) from None
-    return prompts
+    if a.borderline is None:
+        return [], 0
+    evaluated = {"data.overrefusal": data.overrefusal} if data.overrefusal is not None else {}
+    evaluated |= {f"data.overrefusal_extra.{k}": v for k, v in data.overrefusal_extra.items()}
+    try:
+        prompts = [e.prompt for e in load_examples(a.borderline, key="model.align.borderline")]
+        held_out = {e.prompt for key, spec in evaluated.items() if spec.source != "toy"
+                    for e in load_examples(spec, key=key)}  # fmt: skip
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    kept = [p for p in prompts if p not in held_out]
+    return kept, len(prompts) - len(kept)
 
 
 def _distill_borderline(model: Any, tok: Any, fmt: Any, prompts: list[str], max_new_tokens: int,
@@ -168,11 +168,9 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
         refusal = load_examples(a.refusal, key="model.align.refusal", need=("prompt", "response"))
         benign = [] if a.benign is None else load_examples(a.benign, key="model.align.benign",
                                                             need=("prompt", "response"))  # fmt: skip
-        borderline = [] if a.borderline is None else load_examples(a.borderline, key="model.align.borderline")
     except DataError as e:
         raise ConfigError(str(e)) from None
-    held_out = _held_out_prompts(data) if borderline else set()
-    borderline_prompts = [e.prompt for e in borderline if e.prompt not in held_out]
+    borderline_prompts, n_held_out = _borderline_prompts(a, data)
     base_cfg = dataclasses.replace(model_cfg, lora=dataclasses.replace(model_cfg.lora, enabled=False))
     log.info("aligning %s on %d refusal + %d benign (+ %d borderline prompts) examples (once; cached in %s)",
              model_cfg.name_or_path, len(refusal), len(benign), len(borderline_prompts), root)  # fmt: skip
@@ -182,12 +180,12 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
     if borderline_prompts:
         distilled, n_refused = _distill_borderline(model, tok, fmt, borderline_prompts, a.borderline_tokens, progress)
         log.info("borderline: %d of %d prompts answered by the base model (%d held out as evaluation prompts, %d "
-                 "answers started as a refusal)", len(distilled), len(borderline), len(borderline) -
-                 len(borderline_prompts), n_refused)  # fmt: skip
+                 "answers started as a refusal)", len(distilled), len(borderline_prompts) + n_held_out, n_held_out,
+                 n_refused)  # fmt: skip
     encoded, truncation = [], {}
     roles = [("refusal", [(e.prompt, e.response or "") for e in refusal]),
              ("benign", [(e.prompt, e.response or "") for e in benign])]
-    for role, pairs in roles + ([("borderline", distilled)] if borderline else []):
+    for role, pairs in roles + ([("borderline", distilled)] if a.borderline is not None else []):
         kept, stats = fmt.encode_pairs(pairs, a.max_length, f"model.align.{role}")
         encoded += kept
         truncation.update(stats.metrics(f"align.{role}"))
@@ -206,14 +204,14 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
         info = {
             "key": root.name.removeprefix("aligned-"), "base": model_cfg.name_or_path, "gguf_file": model_cfg.gguf_file,
             "n_refusal": len(refusal), "n_benign": len(benign), "steps": result.steps,
-            **({"n_borderline": len(distilled), "borderline_held_out": len(borderline) - len(borderline_prompts),
-                "borderline_refused": n_refused} if borderline else {}),
+            **({"n_borderline": len(distilled), "borderline_held_out": n_held_out, "borderline_refused": n_refused}
+               if a.borderline is not None else {}),
             "effective_batch_size": result.effective_batch_size, "final_loss": result.final_loss,
             "train_time_s": result.train_time_s, "wall_time_s": time.perf_counter() - start,
             "align": dataclasses.asdict(a), "truncation": truncation,
         }  # fmt: skip
         (tmp / "align.json").write_text(json.dumps(info, indent=2, default=str))
-        if borderline:  # what the base model taught θ_aligned to answer, to read
+        if a.borderline is not None:  # what the base model taught θ_aligned to answer, to read
             (tmp / "borderline.jsonl").write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n"
                                                           for p, r in distilled))  # fmt: skip
         os.rename(tmp, root)  # atomic: a reader sees no folder or a complete one

@@ -355,11 +355,16 @@ def test_borderline_prompts_are_answered_by_the_base_model_minus_refusals_and_ev
                     {"prompt": prompts[3], "response": "A popular program"}]  # fmt: skip
     pairs, refused = distill(None, None, _Fmt(), list(answers), 6, False)
     assert pairs == [(prompts[0], "Use kill -9 with its id."), (prompts[3], "A popular program")] and refused == 2
-    # the borderline set, its answer length and the held-out evaluation sets are part of the key; unused, the key is
+    # the borderline set, its answer length and the prompts held out of it are part of the key; unused, the key is
     # that of an alignment made before the field existed
     keys = {align_key(model_cfg, data), align_key(cfg, data), align_key(cfg, data_cfg),
             align_key(dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, borderline_tokens=8)), data)}
     assert len(keys) == 4 and align_key(model_cfg, data) == align_key(model_cfg, data_cfg)
+    # an evaluation set that holds out the same borderline prompts (other prompts, another size) keeps the key
+    (tmp_path / "eval2.csv").write_text("prompt\n" + prompts[4] + "\nyet another\nand one more\n")
+    other_eval = dataclasses.replace(data.overrefusal, path=str(tmp_path / "eval2.csv"))
+    same = dataclasses.replace(data, overrefusal=other_eval)
+    assert align_key(cfg, same) == align_key(cfg, data)
 
 
 class _Fmt:
