@@ -592,12 +592,32 @@ def default_out(name: str, scale: str, sets: Sequence[str] = ()) -> Path:
     return Path("studies") / f"{scale}{variant}" / name
 
 
+def _report_jobs(study: Study, quick: bool, jobs: list[Job], out: Path, scale: str, sets: Sequence[str],
+                 seeds: Sequence[int]) -> list[Job]:  # fmt: skip
+    """The table's rows: the rows run now and, after a `--rows` run, every other row of the selection with a finished
+    run in the folder made with its current overrides — a partial run does not drop the rest from the table."""
+    ran = {job.row.name for job in jobs}
+    report = []
+    for job in plan(study, select_rows(study, quick), out, scale, sets):
+        if job.row.name in ran:
+            report.append(next(j for j in jobs if j.row.name == job.row.name))
+            continue
+        try:
+            check_reuse([job], seeds)
+        except AnalysisError:
+            continue  # made with other settings: never reported as this row
+        if any(read_metrics(run_dir(job, s)) is not None for s in seeds):
+            report.append(job)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("name", nargs="?", help=f"a study in {_rel(STUDIES)}/, or a study file (.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the study's seeds")
     parser.add_argument("--quick", action="store_true", help="one seed and the study's `quick.rows`")
-    parser.add_argument("--rows", help="only these rows, comma-separated (e.g. sft,der); the table shows them only")
+    parser.add_argument("--rows", help="run only these rows, comma-separated (e.g. sft,der); the table also keeps "
+                        "the other rows already finished in the folder")
     parser.add_argument("--out", type=Path, help="the study's folder (default studies/<scale>/<name>)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="a sweeps.train override added to every row (repeatable), e.g. optim.lr=1e-3; "
@@ -635,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept; rerun the same command to resume ({out})", file=sys.stderr)
         return 130
-    table = summarise(collect(jobs, seeds), study.metrics)
+    table = summarise(collect(_report_jobs(study, args.quick, jobs, out, scale_name, args.sets, seeds), seeds),
+                      study.metrics)  # fmt: skip
     files = write_report(study, table, out)
     print((out / "table.md").read_text())
     print("wrote " + ", ".join(str(f) for f in files))

@@ -67,6 +67,9 @@ def test_driver_end_to_end_on_the_toy_world_then_resumes(tmp_path, monkeypatch, 
     assert _stamps(out) == stamps
     assert (out / "table.csv").read_text() == first_table
     assert (out / "sft" / "driver.log").read_text().count("\n$ ") == 0  # one command line only, from the first run
+    # --rows runs only those rows; the table keeps the other finished rows of the folder
+    assert study.main([str(path), "--out", str(out), "--rows", "ewc"]) == 0
+    assert _stamps(out) == stamps and (out / "table.csv").read_text() == first_table
 
     # runs made with other overrides are never reused: an edited row, or --set into the same folder, is one line
     for args, changed in [([], "optim.lr=1e-3"), (["--set", "optim.lr=1e-3"], None)]:
