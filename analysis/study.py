@@ -596,11 +596,11 @@ def _report_jobs(study: Study, quick: bool, jobs: list[Job], out: Path, scale: s
                  seeds: Sequence[int]) -> list[Job]:  # fmt: skip
     """The table's rows: the rows run now and, after a `--rows` run, every other row of the selection with a finished
     run in the folder made with its current overrides — a partial run does not drop the rest from the table."""
-    ran = {job.row.name for job in jobs}
+    ran = {job.row.name: job for job in jobs}
     report = []
     for job in plan(study, select_rows(study, quick), out, scale, sets):
         if job.row.name in ran:
-            report.append(next(j for j in jobs if j.row.name == job.row.name))
+            report.append(ran[job.row.name])
             continue
         try:
             check_reuse([job], seeds)
