@@ -25,15 +25,24 @@ __all__ = ["early_pairs", "early_signals", "load_checks", "spearman_ci"]
 def load_checks(trials: pd.DataFrame) -> pd.DataFrame:
     """checks.jsonl of every trial with a run_dir, long form: one row per (trial, check), `trial` = the row index."""
     rows = []
+    shadows = trials["shadow"] if "shadow" in trials.columns else pd.Series(None, index=trials.index, dtype=object)
     for index, run_dir in trials.get("run_dir", pd.Series(dtype=object)).items():
         path = Path(str(run_dir)) / "checks.jsonl" if isinstance(run_dir, str | Path) else None
         if path is None or not path.is_file():
             continue
+        shadow = shadows.get(index)
+        prefix = f"shadow/{shadow}/" if isinstance(shadow, str) else None
         for n, line in enumerate(path.read_text().splitlines(), 1):
             try:
-                rows.append({"trial": index, **json.loads(line)})
+                check = json.loads(line)
             except json.JSONDecodeError as e:
                 raise AnalysisError(f"{path}:{n}: not a JSON line ({e.msg})") from None
+            if prefix is not None:  # an eval.each_shadow variant: its own checked values, not the live weights'
+                check = {k: check[k] for k in ("step", "loss") if k in check} | {
+                    k[len(prefix) :]: v for k, v in check.items() if k.startswith(prefix)}
+            else:
+                check = {k: v for k, v in check.items() if not k.startswith("shadow/")}
+            rows.append({"trial": index, **check})
     return pd.DataFrame(rows)
 
 

@@ -11,6 +11,8 @@ Columns: source, study, trial, state, method, seed, lr, batch_size, grad_accum, 
 derived with fallbacks: sweep parameter → metrics.json → config.yaml), then every parameter under its Hydra key
 (`optim.lr`), every metric (`asr`, `ema/eta`, ...), `constraint/<name>` (≤ 0 is satisfied), feasible, run_dir.
 `df.attrs` holds "params" (the parameter columns) and "directions" ({objective: "minimize" | "maximize"}).
+A run dir with `eval.each_shadow` (several shadow EMAs on one run) gives one row per EMA besides its own, with the
+same trial number and its name in `shadow` (`run_views`).
 """
 
 from __future__ import annotations
@@ -293,28 +295,59 @@ def _run_rows(folder: str, given: Path, progress: bool) -> list[dict[str, Any]]:
         study = parent.name if parent != root.parent else root.name
         numbered = sorted(group, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
         for i, d in enumerate(tqdm(numbered, desc=study, disable=not progress or len(numbered) < 500, leave=False)):
-            rows.append(_run_row(d, study, int(d.name) if d.name.isdigit() else i, str(given)))
+            rows += _run_rows_of(d, study, int(d.name) if d.name.isdigit() else i, str(given))
     return rows
 
 
-def _run_row(run_dir: Path, study: str, number: int, source: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"source": source, "study": study, "trial": number}
+def _run_rows_of(run_dir: Path, study: str, number: int, source: str) -> list[dict[str, Any]]:
+    """The run's row; with eval.each_shadow one more per shadow method (same trial number, `shadow` = its name)."""
     params = _overrides(run_dir)
-    row.update(params)
-    row["_params"] = list(params)
     metrics = _read_json(run_dir / "metrics.json")
-    if metrics is None:
-        row.update(state="FAIL", fail_reason="no metrics.json (the job crashed, or it is still running)")
-    else:
-        row.update({k: v for k, v in metrics.items() if _scalar(v)})
-        if isinstance(metrics.get("methods"), list):
-            row["_methods"] = metrics["methods"]
-        status = metrics.get("status")
-        row["state"] = {"completed": "COMPLETE", "pruned": "PRUNED"}.get(status, "FAIL")
-        if row["state"] == "FAIL":
-            row.setdefault("fail_reason", f"trial status '{status}'")
-    row["run_dir"] = str(run_dir)
-    return row
+    rows = []
+    for _, view in run_views(metrics) if metrics is not None else [(None, None)]:
+        row: dict[str, Any] = {"source": source, "study": study, "trial": number, **params, "_params": list(params)}
+        if view is None:
+            row.update(state="FAIL", fail_reason="no metrics.json (the job crashed, or it is still running)")
+        else:
+            row.update({k: v for k, v in view.items() if _scalar(v)})
+            if isinstance(view.get("methods"), list):
+                row["_methods"] = view["methods"]
+            status = view.get("status")
+            row["state"] = {"completed": "COMPLETE", "pruned": "PRUNED"}.get(status, "FAIL")
+            if row["state"] == "FAIL":
+                row.setdefault("fail_reason", f"trial status '{status}'")
+        row["run_dir"] = str(run_dir)
+        rows.append(row)
+    return rows
+
+
+def run_views(metrics: Mapping[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    """A run's metrics.json as (shadow, metrics) rows: the run itself (shadow None), and for a run with
+    eval.each_shadow one more per shadow-mode method — its `shadow/<name>/...` scores unprefixed, its own method entry
+    and `<name>/...` metrics, the training bookkeeping shared, `eval_weights` = "shadow/<name>" (generations.jsonl's
+    tag). The run's own row then lists only the methods that acted on the live weights (a grid of shadows: "SFT")."""
+    names = [n for n in metrics.get("shadows") or [] if isinstance(n, str)]
+    if not names:
+        return [(None, dict(metrics))]
+    methods = [m for m in metrics.get("methods") or [] if isinstance(m, Mapping)]
+
+    def owned(key: str) -> bool:
+        return key.startswith("shadow/") or any(key.startswith(f"{n}/") for n in names)
+
+    run = {k: v for k, v in metrics.items() if not owned(k)}
+    views: list[tuple[str | None, dict[str, Any]]] = [(None, {**run, "methods": [m for m in methods
+                                                                                  if m.get("name") not in names]})]
+    shared = {k: v for k, v in run.items() if not k.startswith(("interp/", "check/", "live/", "start/"))}
+    for name in names:
+        prefix = f"shadow/{name}/"
+        view = {**shared, **{k: v for k, v in metrics.items() if k.startswith(f"{name}/")}}
+        view.update({k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)})
+        own = [m for m in methods if m.get("name") == name]
+        view.update(methods=own, eval_weights=f"shadow/{name}", shadow=name)
+        if own and isinstance(eta := (own[0].get("args") or {}).get("eta"), int | float):
+            view["eta"] = eta  # the recipe column, as `ema/eta` gives it for a run with one EMA
+        views.append((name, view))
+    return views
 
 
 def _overrides(run_dir: Path) -> dict[str, Any]:

@@ -52,7 +52,7 @@ NAMES = {"asr": "ASR", "utility_acc": "utility", "over_refusal": "over-refusal",
 LOWER_IS_BETTER = {"asr", "over_refusal", "over_refusal/or_bench", "utility_loss", "safety_loss"}
 NEUTRAL = {"distance_rel", "distance_l2"}  # no better direction: shown without an arrow
 FIGURES = ("pareto", "sweep", "distance")
-ROW_KEYS = {"name", "label", "overrides", "group", "x", "from", "paper"}
+ROW_KEYS = {"name", "label", "overrides", "group", "x", "from", "paper", "shadow_paper"}
 STUDY_KEYS = {"title", "paper_source", "overrides", "seeds", "rows", "table", "quick", "scales"}
 
 
@@ -67,6 +67,8 @@ class Row:
     x: float | str | None = None
     source: tuple[str, str] | None = None  # (study, row) whose runs these are
     paper: dict[str, float] = field(default_factory=dict)
+    # eval.each_shadow rows: the paper's numbers per shadow method (its point is "<row>_<method name>")
+    shadow_paper: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,12 +166,17 @@ def _row(raw: Any, i: int, where: str) -> Row:
     paper = raw.get("paper") or {}
     if not isinstance(paper, dict) or not all(isinstance(v, int | float) for v in paper.values()):
         raise AnalysisError(f"{here}: paper: a mapping metric → number, got {paper!r}")
+    shadow_paper = raw.get("shadow_paper") or {}
+    if not isinstance(shadow_paper, dict) or not all(
+            isinstance(v, dict) and all(isinstance(n, int | float) for n in v.values()) for v in shadow_paper.values()):
+        raise AnalysisError(f"{here}: shadow_paper: a mapping method name → {{metric: number}}, got {shadow_paper!r}")
     x = raw.get("x")
     if x is not None and not isinstance(x, int | float | str):
         raise AnalysisError(f"{here}: x: a number or a metrics.json key, got {x!r}")
     return Row(name=name, overrides=_strings(raw.get("overrides", []), f"{here}: overrides"),
                label=raw.get("label"), group=raw.get("group"), x=x, source=source,
-               paper={k: float(v) for k, v in paper.items()})  # fmt: skip
+               paper={k: float(v) for k, v in paper.items()},
+               shadow_paper={n: {k: float(v) for k, v in p.items()} for n, p in shadow_paper.items()})  # fmt: skip
 
 
 def _strings(value: Any, where: str) -> list[str]:
@@ -366,16 +373,21 @@ class Point:
 
 def collect(jobs: Sequence[Job], seeds: Sequence[int]) -> list[Point]:
     """Every row's finished runs (status completed) as points, plus a point per interpolation α where runs have
-    `interp/<α>/...` metrics."""
-    from analysis.load import methods_label
+    `interp/<α>/...` metrics and one per shadow method of an eval.each_shadow run (`shadow/<name>/...`)."""
+    from analysis.load import methods_label, run_views
 
     points = []
     for job in jobs:
         runs = []
+        shadows: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
         for s in seeds:
             m = read_metrics(run_dir(job, s))
             if m is not None and m.get("status") == "completed":
-                runs.append((run_dir(job, s), m))
+                for shadow, view in run_views(m):
+                    if shadow is None:
+                        runs.append((run_dir(job, s), view))
+                    else:
+                        shadows.setdefault(shadow, []).append((run_dir(job, s), view))
         method = methods_label(runs[0][1].get("methods") or [], runs[0][1]) if runs else "–"
         x = _row_x(job.row, runs)
         label = (job.row.label or method).replace("{x}", "?" if x is None else f"{x:g}")
@@ -386,6 +398,10 @@ def collect(jobs: Sequence[Job], seeds: Sequence[int]) -> list[Point]:
                                                  if k.startswith(f"interp/{a}/")}}) for d, m in runs]  # fmt: skip
             points.append(Point(f"{job.row.name}_alpha{a}", f"{label} α={a}", method, "interpolation", float(a), {},
                                 [(d, m) for d, m in sub if len(m) > 1], weights=f"interp/{a}"))  # fmt: skip
+        for shadow, sub in shadows.items():  # the group is the method's name: "EMA η=0.25 every 10" → "EMA"
+            own = methods_label(sub[0][1].get("methods") or [], sub[0][1])
+            points.append(Point(f"{job.row.name}_{shadow}", own, own, own.split()[0], None,
+                                job.row.shadow_paper.get(shadow, {}), sub, weights=f"shadow/{shadow}"))  # fmt: skip
     return points
 
 

@@ -10,7 +10,7 @@ import random
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from sweeps.config import ConfigError, TrainConfig
 from sweeps.data import USER, DataError
 from sweeps.formatting import PromptFormatter
 from sweeps.loop import train
-from sweeps.methods import build_methods
+from sweeps.methods import TrainingMethod, build_methods
 from sweeps.methods._resources import build_resources
 from sweeps.models import POOL, load_model, resolve_precision
 from sweeps.resolve import load_data, resolve_model
@@ -133,10 +133,11 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     methods = build_methods(cfg.method)
     meta = distributed.builds_on_meta(cfg.model)  # FSDP, rank > 0: no weights until sharded; not evaluated
     distance = None if meta else Distance(model)  # θ_aligned, before anything trains
+    shadows = methods.shadows if cfg.eval.each_shadow else []  # scored one by one; the live weights are the result
     checks = None
     if cfg.trial.check_every:
         probe = Scorer(tok, fmt, _probe_sets(sets, cfg.trial.check_limit), cfg.eval, max_length=cfg.data.max_length)
-        checks = TrialChecks(cfg, probe, methods, model, distance)
+        checks = TrialChecks(cfg, probe, methods, model, distance, shadows)
     where.checks = checks
     resources = build_resources(methods, fmt, n_user=len(train_set), max_length=cfg.data.max_length, world=world,
                                 base_path=base_path, seed=cfg.seed)  # fmt: skip
@@ -181,9 +182,9 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     metrics["methods"] = methods.described  # [{name, target, args}]; analysis labels trials from it
 
     if result.status == "completed":
-        swapped = methods.swaps_eval_weights
+        swapped = methods.swaps_eval_weights and not shadows
         metrics["eval_weights"] = "method" if swapped else "live"
-        with methods.eval_weights():
+        with methods.eval_weights() if swapped else contextlib.nullcontext():
             scored = scorer.score(model, progress=progress)
             metrics.update(distance())
             if cfg.output.save_eval_weights:
@@ -196,6 +197,14 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
                     generations += [{**g, "weights": tag} for g in point.generations]
         metrics.update(scored.metrics)
         generations += [{**g, "weights": metrics["eval_weights"]} for g in scored.generations]
+        for method in shadows:  # each variant's own weights, from the same training trajectory
+            with method.eval_weights():
+                point = scorer.score(model, progress=progress)
+                tag = f"shadow/{method.name}"
+                metrics.update({f"{tag}/{k}": v for k, v in {**point.metrics, **distance()}.items()})
+                generations += [{**g, "weights": tag} for g in point.generations]
+        if shadows:
+            metrics["shadows"] = [m.name for m in shadows]  # analysis: one row per shadow, labelled by its method
         if cfg.eval.also_live and swapped:
             live = scorer.score(model, progress=progress, drafts=scored.tokens)  # the EMA's answers as drafts
             metrics.update({f"live/{k}": v for k, v in {**live.metrics, **distance()}.items()})
@@ -259,8 +268,10 @@ class TrialChecks:
     the pruner decides) and stop when a `trial.stop_if` bound is exceeded (any number of objectives). Each check,
     with the distance from θ_aligned, is one row of `history` (the run dir's checks.jsonl)."""
 
-    def __init__(self, cfg: TrainConfig, probe: Scorer, methods, model, distance: Distance) -> None:
+    def __init__(self, cfg: TrainConfig, probe: Scorer, methods, model, distance: Distance,
+                 shadows: Sequence[TrainingMethod] = ()) -> None:  # fmt: skip
         self.cfg, self.probe, self.methods, self.model, self.distance = cfg.trial, probe, methods, model, distance
+        self.shadows = list(shadows)  # eval.each_shadow: the live weights decide; each shadow is checked beside them
         self.history: list[dict[str, float]] = []
         self.metrics = list(dict.fromkeys([self.cfg.check_metric, *self.cfg.stop_if]))
         missing = [m for m in self.metrics if m not in probe.available()]
@@ -288,9 +299,14 @@ class TrialChecks:
     def __call__(self, step: int, loss: float) -> bool:
         if step % self.cfg.check_every:
             return False
-        with self.methods.eval_weights():
+        with self.methods.eval_weights() if not self.shadows else contextlib.nullcontext():
             self.last = {**self.probe.score(self.model, self.metrics).metrics, **self.distance()}
-        self.history.append({"step": step, "loss": loss, **self.last})
+        row = {"step": step, "loss": loss, **self.last}
+        for method in self.shadows:
+            with method.eval_weights():
+                scored = {**self.probe.score(self.model, self.metrics).metrics, **self.distance()}
+            row.update({f"shadow/{method.name}/{k}": v for k, v in scored.items()})
+        self.history.append(row)
         value = self.last[self.cfg.check_metric]
         log.info("check at step %d: %s", step, {k: round(v, 4) for k, v in self.last.items() if k in self.metrics})
         if self.optuna_trial is not None:

@@ -210,7 +210,7 @@ def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError listing every invalid value (one per line)."""
     # torch-heavy registries imported here, so a composition error or --help stays fast
     from sweeps.distributed import distributed_errors
-    from sweeps.methods import known_method_errors
+    from sweeps.methods import known_method_errors, shadow_errors
     from sweeps.scoring.scorer import METRICS
 
     errors: list[str] = []
@@ -280,6 +280,9 @@ def validate(cfg: TrainConfig) -> None:
         errors.append(f"eval.judge_model: {judge_error}")
 
     errors.extend(known_method_errors(cfg.method, lora=m.lora.enabled, toy_world=uses_toy(m.name_or_path, cfg.data)))
+    errors.extend(shadow_errors(cfg.method, e.each_shadow))
+    if e.each_shadow and e.also_live:
+        errors.append("eval.also_live: with eval.each_shadow the live weights are already the run's result")
     errors.extend(distributed_errors(cfg))
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

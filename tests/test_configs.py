@@ -15,7 +15,8 @@ from tests.conftest import SHARED_DATA
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # groups whose options need a user value (marked ???) get one here
 NEEDS = {"model/hf.yaml": ["model.name_or_path=/tmp"], "model/hf_lora.yaml": ["model.name_or_path=/tmp"],
-         "method/safelora.yaml": ["model.lora.enabled=true"]}  # LoRA only
+         "method/safelora.yaml": ["model.lora.enabled=true"],  # LoRA only
+         "method/ema_grid.yaml": ["eval.each_shadow=true"]}  # twelve shadow EMAs: each scored on its own
 
 
 # configs that read ../shared/data (through ${data.root}) validate only where it exists
@@ -124,6 +125,21 @@ def test_method_entries_compose_and_override() -> None:
     validate(cfg)
     with pytest.raises(ConfigError, match=r"method\.ema: got an unexpected keyword argument 'etta'"):
         validate(to_train_config(_compose(["method=[ema]", "+method.ema.etta=0.5"])))
+
+
+def test_several_shadow_methods_need_each_shadow_and_each_shadow_needs_one() -> None:
+    """Stacked shadow EMAs would nest (only the innermost scored while metrics.json named them all): one line."""
+    grid = to_train_config(_compose(["method=[ema_grid]"]))
+    assert len(grid.method) == 12
+    with pytest.raises(ConfigError, match=r"method: ema_new_025_k1, .* set eval\.each_shadow=true") as e:
+        validate(grid)
+    assert len(str(e.value).splitlines()) == 2  # "invalid config:" and the one line
+    validate(to_train_config(_compose(["method=[ema_grid]", "eval.each_shadow=true"])))
+    validate(to_train_config(_compose(["method=[ema]"])))  # one shadow: evaluated as before
+    with pytest.raises(ConfigError, match=r"eval\.each_shadow: no method in `method` keeps weights of its own"):
+        validate(to_train_config(_compose(["method=[ema]", "method.ema.mode=writeback", "eval.each_shadow=true"])))
+    with pytest.raises(ConfigError, match=r"eval\.also_live: with eval\.each_shadow"):
+        validate(to_train_config(_compose(["method=[ema_grid]", "eval.each_shadow=true", "eval.also_live=true"])))
 
 
 @pytest.mark.parametrize(

@@ -87,3 +87,42 @@ def test_bad_interpolation_grid_is_one_line(tmp_path) -> None:
 
     with pytest.raises(ConfigError, match=r"eval\.interpolate: .*distinct"):
         validate(_trial(tmp_path, ["eval.interpolate=[0.5,0.5]"]))
+
+
+@pytest.mark.slow
+def test_each_shadow_scores_every_ema_exactly_as_its_own_run_and_the_live_weights_as_sft(tmp_path, toy_root) -> None:
+    """eval.each_shadow: one trajectory, several shadow EMAs — each one's metrics and checks are those of the run
+    with that EMA alone, and the run's result is plain fine-tuning's."""
+    import json
+
+    from sweeps.study.metrics import available_metrics
+    from sweeps.trial import run_trial
+
+    second = "+method.ema_b={_target_:sweeps.methods.EMA,eta:0.5,every:2,convention:old}"
+    check = ["trial.check_every=2", "trial.check_metric=utility_loss"]
+    cfg = _trial(tmp_path, ["method=[ema]", second, "eval.each_shadow=true", *check])
+    grid = run_trial(cfg, tmp_path / "grid", progress=False)
+    sft = run_trial(_trial(tmp_path, ["method=[]", *check]), tmp_path / "sft", progress=False)
+    solo_b = run_trial(_trial(tmp_path, ["method=[]", second, *check]), tmp_path / "b", progress=False)
+    assert grid["status"] == sft["status"] == solo_b["status"] == "completed"
+    assert grid["shadows"] == ["ema", "ema_b"] and grid["eval_weights"] == "live"
+    scored = [k for k in ("asr", "safety_loss", "over_refusal", "utility_loss", "distance_l2") if k in sft]
+    assert len(scored) >= 4
+    for k in scored:
+        assert grid[k] == sft[k], k
+        assert grid[f"shadow/ema_b/{k}"] == solo_b[k], k
+    assert 0 < grid["shadow/ema_b/distance_l2"] < grid["distance_l2"]
+    assert grid["shadow/ema/distance_l2"] != grid["shadow/ema_b/distance_l2"]
+
+    def checks(d):
+        return [json.loads(line) for line in (tmp_path / d / "checks.jsonl").read_text().splitlines()]
+
+    for row, alone in zip(checks("grid"), checks("b"), strict=True):
+        same = [k for k in alone if k not in ("step", "loss") and not k.endswith("_time_s")]
+        assert len(same) >= 3 and {k: row[f"shadow/ema_b/{k}"] for k in same} == {k: alone[k] for k in same}
+    for row, alone in zip(checks("grid"), checks("sft"), strict=True):  # the run's own checks: the live weights
+        assert all(row[k] == alone[k] for k in alone if k != "loss" and not k.endswith("_time_s"))
+    tags = {json.loads(line)["weights"] for line in (tmp_path / "grid" / "generations.jsonl").read_text().splitlines()}
+    assert tags == {"live", "shadow/ema", "shadow/ema_b"}
+    numbers = {k for k, v in grid.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    assert available_metrics(cfg) == numbers

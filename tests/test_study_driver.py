@@ -7,6 +7,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -293,3 +294,52 @@ def test_cl_study_alias_checks_table_n_as_the_study_cl_table_n(capsys) -> None:
     assert "conf/study/cl_table4.yaml: 4 rows compose and validate (toy)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cl_study.main(["--table", "6"])
+
+
+def test_each_shadow_run_becomes_one_row_per_ema_in_tables_loads_and_early_signals(tmp_path) -> None:
+    """An eval.each_shadow run (a grid of shadow EMAs on one trajectory): the study table, analysis.load and the
+    early-signal checks see each EMA as its own trial, with its own scores, verdicts, label and checks; the run's row
+    is the live weights (SFT)."""
+    from analysis.early import load_checks
+    from analysis.load import load
+
+    path = _write_study(tmp_path / "conf", "syn", {
+        "seeds": [0], "rows": [{"name": "sft", "overrides": ["method=[ema_grid]", "eval.each_shadow=true"],
+                                "shadow_paper": {"fast": {"asr": 2.7}}}],
+        "table": {"metrics": ["asr", "utility_loss", "distance_rel"], "figure": "distance"}})  # fmt: skip
+    s = study.load_study(str(path))
+    out = tmp_path / "out"
+    run = out / "sft" / "seed_0"
+    run.mkdir(parents=True)
+    ema = [{"name": "fast", "target": "sweeps.methods.EMA", "args": {"eta": 0.25, "every": 10}},
+           {"name": "slow", "target": "sweeps.methods.EMA", "args": {"eta": 0.9, "every": 1, "convention": "old"}}]
+    metrics = {"status": "completed", "seed": 0, "steps": 20, "asr": 0.75, "utility_loss": 1.0, "distance_rel": 0.03,
+               "eval_weights": "live", "methods": ema, "shadows": ["fast", "slow"], "fast/eta": 0.25, "slow/eta": 0.9,
+               "shadow/fast/asr": 0.5, "shadow/fast/utility_loss": 1.5, "shadow/fast/distance_rel": 0.01,
+               "shadow/slow/asr": 0.25, "shadow/slow/utility_loss": 1.25, "shadow/slow/distance_rel": 0.02}
+    verdicts = {w: [1] * k + [0] * (20 - k) for w, k in (("live", 15), ("shadow/fast", 10), ("shadow/slow", 5))}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "generations.jsonl").write_text("".join(json.dumps({"set": "harmful", "attack_success": bool(v),
+                                                               "weights": w}) + "\n"
+                                                   for w, vs in verdicts.items() for v in vs))  # fmt: skip
+    (run / "checks.jsonl").write_text(json.dumps({"step": 2, "safety_loss": 1.0, "shadow/fast/safety_loss": 2.0,
+                                                  "shadow/slow/safety_loss": 3.0}) + "\n")  # fmt: skip
+    table = study.summarise(study.collect(study.plan(s, s.rows, out, "toy"), s.seeds), s.metrics).set_index("row")
+    assert list(table.index) == ["sft", "sft_fast", "sft_slow"]
+    assert list(table["label"]) == ["SFT", "EMA η=0.25 every 10", "EMA η=0.9 old-convention"]
+    assert list(table["group"]) == ["SFT", "EMA", "EMA"]
+    assert list(table["asr"]) == [0.75, 0.5, 0.25] and list(table["distance_rel"]) == [0.03, 0.01, 0.02]
+    assert list(table["utility_loss"]) == [1.0, 1.5, 1.25]
+    study.write_report(s, table.reset_index(), out)  # the distance figure draws the EMA points as their own family
+    assert "| EMA η=0.25 every 10 | 50.0 |" in (out / "table.md").read_text()
+    assert table.loc["sft_fast", "asr_paper"] == 2.7 and np.isnan(table.loc["sft_slow", "asr_paper"])
+    # each row's bootstrap over prompts is of its own weights' verdicts (5 of 20 and 15 of 20: the intervals part)
+    slow = table.loc["sft_slow"]
+    assert slow["asr_boot_lo"] < 0.25 < slow["asr_boot_hi"] < table.loc["sft", "asr_boot_lo"]
+
+    df = load([str(out / "sft")]).set_index("method")
+    assert list(df.index) == ["SFT", "EMA η=0.25 every 10", "EMA η=0.9 old-convention"]
+    assert list(df["asr"]) == [0.75, 0.5, 0.25] and list(df["shadow"].fillna("")) == ["", "fast", "slow"]
+    assert list(df["eta"]) == [1.0, 0.25, 0.9] and list(df["trial"]) == [0, 0, 0]  # the live row: no EMA acted
+    checks = load_checks(df.reset_index())
+    assert list(checks.sort_values("trial")["safety_loss"]) == [1.0, 2.0, 3.0]

@@ -2,7 +2,14 @@
 `setup` receives. Importing this package registers every method (REGISTRY: key → class, one conf/method/<key>.yaml
 each)."""
 
-from sweeps.methods._base import REGISTRY, MethodStack, TrainingMethod, build_methods, known_method_errors
+from sweeps.methods._base import (
+    REGISTRY,
+    MethodStack,
+    TrainingMethod,
+    build_methods,
+    known_method_errors,
+    shadow_errors,
+)
 from sweeps.methods._context import Resources, Stream, TrainingContext
 from sweeps.methods.agem import AGEM
 from sweeps.methods.der import DER, DERpp
@@ -16,4 +23,4 @@ from sweeps.methods.safelora import SafeLoRA
 
 __all__ = ["AGEM", "DER", "EMA", "EWC", "REGISTRY", "DERpp", "Lisa", "LwF", "MagMax", "MethodStack", "Refresh",
            "Resources", "SafeLoRA", "Stream", "TrainingContext", "TrainingMethod", "build_methods",
-           "known_method_errors"]
+           "known_method_errors", "shadow_errors"]

@@ -193,6 +193,12 @@ class MethodStack(TrainingMethod):
     def swaps_eval_weights(self) -> bool:
         return any(m.swaps_eval_weights for m in self.methods)
 
+    @property
+    def shadows(self) -> list[TrainingMethod]:
+        """The methods that evaluate weights of their own (shadow-mode EMA). Several of them (`eval.each_shadow`) are
+        variants on one training trajectory: each is scored on its own, never nested inside another."""
+        return [m for m in self.methods if m.swaps_eval_weights]
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"{m.name}.{k}": v for m in self.methods for k, v in m.state_dict().items()}
 
@@ -281,6 +287,21 @@ def plain(value: Any) -> Any:
     except ImportError:  # pragma: no cover
         pass
     return value
+
+
+def shadow_errors(method_cfg: dict[str, Any], each_shadow: bool) -> list[str]:
+    """Several shadow-mode methods need `eval.each_shadow` (nested, only the innermost's weights would be scored while
+    metrics.json named them all); `eval.each_shadow` needs at least one. Bad arguments are known_method_errors'."""
+    try:
+        names = [m.name for m in build_methods(method_cfg).shadows]
+    except Exception:  # bad arguments: known_method_errors reports them
+        return []
+    if len(names) > 1 and not each_shadow:
+        return [f"method: {', '.join(names)} each evaluate weights of their own (shadow mode); set "
+                "eval.each_shadow=true to score each of them (the live weights are then the run's result)"]
+    if each_shadow and not names:
+        return ["eval.each_shadow: no method in `method` keeps weights of its own (e.g. EMA with mode: shadow)"]
+    return []
 
 
 def build_methods(method_cfg: dict[str, Any]) -> MethodStack:
