@@ -195,11 +195,12 @@ def _run(args: argparse.Namespace) -> int:
 def _write_front(path: Path, display, front) -> None:
     from analysis import tables
     from analysis._io import atomic_write_text
+    from analysis.stats import RUN_LISTS
 
     if path.suffix == ".tex":
         atomic_write_text(path, tables.to_latex(display, caption="Pareto front (mean ± std over seeds)."))
     else:
-        atomic_write_text(path, front.drop(columns=["run_dirs"], errors="ignore").to_csv(index=False))
+        atomic_write_text(path, front.drop(columns=RUN_LISTS, errors="ignore").to_csv(index=False))
 
 
 if __name__ == "__main__":

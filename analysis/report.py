@@ -25,7 +25,7 @@ from analysis.pareto import (
     require_eligible,
     values,
 )
-from analysis.stats import aggregate_seeds, asr_bootstrap
+from analysis.stats import RUN_LISTS, aggregate_seeds, asr_bootstrap
 
 EXTRA_METRICS = ("over_refusal", "safety_loss", "utility_loss")  # shown beside the objectives where present
 
@@ -76,7 +76,7 @@ def write_report(trials: pd.DataFrame, out_dir: str | Path, opts: ReportOptions 
     # tables
     trial_csv = out / "trials.csv"
     atomic_write_text(trial_csv, trials.to_csv(index=False))
-    recipe_raw = recipes.drop(columns=["run_dirs"], errors="ignore")
+    recipe_raw = recipes.drop(columns=RUN_LISTS, errors="ignore")
     files = tables.write_table(tables.recipe_display(recipes, obj, extra), recipe_raw, out / "recipes",
                                caption="Every recipe: mean ± std over seeds.", label="tab:recipes")  # fmt: skip
     done(
@@ -91,7 +91,7 @@ def write_report(trials: pd.DataFrame, out_dir: str | Path, opts: ReportOptions 
     if "asr" in front:
         front = asr_bootstrap(front, opts.n_boot, opts.level, opts.seed, opts.progress)
     display = tables.recipe_display(front, obj, extra)
-    files = tables.write_table(display, front.drop(columns=["run_dirs"], errors="ignore"), out / "front",
+    files = tables.write_table(display, front.drop(columns=RUN_LISTS, errors="ignore"), out / "front",
                                caption=_front_caption(obj, opts), label="tab:front")  # fmt: skip
     done(_Entry("Pareto front", files, _front_caption(obj, opts), display))
 
@@ -99,7 +99,7 @@ def write_report(trials: pd.DataFrame, out_dir: str | Path, opts: ReportOptions 
     knees = _knees(recipes, obj, opts)
     if "asr" in knees and len(knees):
         knees = asr_bootstrap(knees, opts.n_boot, opts.level, opts.seed, opts.progress)
-    methods_raw = summary.merge(knees.drop(columns=["run_dirs"], errors="ignore"), on=opts.by, how="left",
+    methods_raw = summary.merge(knees.drop(columns=RUN_LISTS, errors="ignore"), on=opts.by, how="left",
                                 suffixes=("", "_knee"))  # fmt: skip
     methods_disp = _methods_display(summary, knees, obj, opts.by)
     name = f"compare_{slug(opts.by)}"

@@ -15,7 +15,9 @@ from analysis.pareto import Objective, eligible
 from sweeps.stats import mean_ci
 
 # Columns that vary between repeats of one recipe, never part of its identity.
-NOT_RECIPE = {"seed", "trial", "run_dir", "state", "source"}
+NOT_RECIPE = {"seed", "trial", "run_dir", "state", "source", "eval_weights"}
+# a recipe's run dirs and, run by run, the weights behind its metrics (generations.jsonl's tag; None: the run's own)
+RUN_LISTS = ["run_dirs", "run_weights"]
 
 __all__ = ["aggregate_seeds", "asr_bootstrap", "bootstrap_mean", "harmful_verdicts", "mean_ci", "recipe_columns",
            "run_verdicts"]  # mean_ci: sweeps.stats, the one interval of the project
@@ -47,14 +49,17 @@ def aggregate_seeds(df: pd.DataFrame, objectives: Sequence[Objective], metrics: 
             row.update({c: mean, f"{c}_std": std, f"{c}_ci_lo": lo, f"{c}_ci_hi": hi})
         for c in constraints:
             row[c] = pd.to_numeric(g[c], errors="coerce").mean()
+        weights = g["eval_weights"] if "eval_weights" in g else pd.Series(None, index=g.index, dtype=object)
+        with_dir = [(d, w if isinstance(w, str) else None) for d, w in zip(g["run_dir"], weights, strict=True)
+                    if isinstance(d, str)]  # fmt: skip
         row.update(n_seeds=len(g), trials=",".join(str(t) for t in g["trial"]), state="COMPLETE",
-                   run_dirs=[d for d in g["run_dir"] if isinstance(d, str)])  # fmt: skip
+                   run_dirs=[d for d, _ in with_dir], run_weights=[w for _, w in with_dir])  # fmt: skip
         if "seed" in g:
             row["seeds"] = ",".join(str(s) for s in g["seed"].dropna().tolist())
         rows.append(row)
     out = pd.DataFrame(rows)
     if len(out) == 0:
-        return pd.DataFrame(columns=[*keys, *cols, "n_seeds", "trials", "state", "run_dirs", "feasible"])
+        return pd.DataFrame(columns=[*keys, *cols, "n_seeds", "trials", "state", *RUN_LISTS, "feasible"])
     if constraints:
         has = out[constraints].notna()
         out["feasible"] = ((out[constraints] <= 0) | ~has).all(axis=1) & (has.any(axis=1) | ~has.any().any())
@@ -134,14 +139,20 @@ def asr_bootstrap(rows: pd.DataFrame, n_boot: int = 2000, level: float = 0.95, s
                   progress: bool = False) -> pd.DataFrame:  # fmt: skip
     """`asr_boot`, `asr_boot_lo`, `asr_boot_hi` and `asr_prompts` for each row, from its run dir(s)' verdicts.
 
-    rows: trials (column run_dir) or recipes (column run_dirs). NaN where no generations.jsonl is found.
+    rows: trials (columns run_dir, eval_weights) or recipes (columns run_dirs, run_weights); the verdicts are those of
+    the weights behind each run's row (an eval.each_shadow EMA's own). NaN where no generations.jsonl is found.
     """
     out = rows.copy()
     cols = {"asr_boot": [], "asr_boot_lo": [], "asr_boot_hi": [], "asr_prompts": []}
-    dirs = out["run_dirs"] if "run_dirs" in out else out.get("run_dir", pd.Series([None] * len(out)))
-    for d in tqdm(list(dirs), desc="bootstrap ASR", disable=not progress or len(out) < 20, leave=False):
-        runs = [x for x in (d if isinstance(d, list) else [d]) if isinstance(x, str)]
-        verdicts = [v for v in (harmful_verdicts(r) for r in runs) if v is not None]
+    none = pd.Series([None] * len(out), index=out.index, dtype=object)
+    dirs = out["run_dirs"] if "run_dirs" in out else out.get("run_dir", none)
+    tags = out["run_weights"] if "run_weights" in out else out.get("eval_weights", none)
+    for d, w in tqdm(list(zip(dirs, tags, strict=True)), desc="bootstrap ASR",
+                     disable=not progress or len(out) < 20, leave=False):  # fmt: skip
+        pairs = zip(d, w if isinstance(w, list) else [None] * len(d), strict=True) if isinstance(d, list) else [(d, w)]
+        runs = [(x, t if isinstance(t, str) else None) for x, t in pairs if isinstance(x, str)]
+        verdicts = [v for v in (run_verdicts(r, {"harmful": "attack_success"}, t)["harmful"] for r, t in runs)
+                    if v is not None]  # fmt: skip
         mean, lo, hi = bootstrap_mean(verdicts, n_boot, level, seed)
         for k, v in zip(cols, (mean, lo, hi, sum(len(v) for v in verdicts)), strict=True):
             cols[k].append(v)

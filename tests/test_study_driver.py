@@ -302,6 +302,8 @@ def test_each_shadow_run_becomes_one_row_per_ema_in_tables_loads_and_early_signa
     is the live weights (SFT)."""
     from analysis.early import load_checks
     from analysis.load import load
+    from analysis.pareto import Objective
+    from analysis.stats import aggregate_seeds, asr_bootstrap
 
     path = _write_study(tmp_path / "conf", "syn", {
         "seeds": [0], "rows": [{"name": "sft", "overrides": ["method=[ema_grid]", "eval.each_shadow=true"],
@@ -343,3 +345,9 @@ def test_each_shadow_run_becomes_one_row_per_ema_in_tables_loads_and_early_signa
     assert list(df["eta"]) == [1.0, 0.25, 0.9] and list(df["trial"]) == [0, 0, 0]  # the live row: no EMA acted
     checks = load_checks(df.reset_index())
     assert list(checks.sort_values("trial")["safety_loss"]) == [1.0, 2.0, 3.0]
+    # the report's bootstrap over prompts, per trial and per recipe: each EMA's own verdicts
+    trials = asr_bootstrap(df.reset_index())
+    assert list(trials["asr_boot"]) == pytest.approx([0.75, 0.5, 0.25], abs=0.03)
+    recipes = asr_bootstrap(aggregate_seeds(df.reset_index(), [Objective("asr", "minimize")])).set_index("method")
+    assert recipes.loc["EMA η=0.9 old-convention", "run_weights"] == ["shadow/slow"]
+    assert recipes.loc["EMA η=0.9 old-convention", "asr_boot"] == pytest.approx(0.25, abs=0.03)
