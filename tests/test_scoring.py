@@ -122,11 +122,30 @@ def test_drafts_checked_a_few_rows_at_a_time_and_with_extra_end_tokens(aligned, 
 
 
 def test_nll_ignores_prompt_tokens_and_matches_manual(aligned, toy_world) -> None:
+    """Batched, with only the response positions projected and scored, each example's NLL is its own full-logits
+    NLL: prompts of different lengths in one batch, an example scored from its second token, one with no scored
+    token (NaN), batch sizes that split them differently."""
+    from sweeps.formatting import Encoded
+
     model, tok = aligned
     fmt = PromptFormatter(tok)
-    ex = toy_examples("refusal", toy_world)[:3]
+    ex = toy_examples("refusal", toy_world)[:3] + toy_examples("user_eval", toy_world)[:3]
     enc = [fmt.encode_pair(e.prompt, e.response, 64) for e in ex]
     assert all(e.labels[0] == IGNORE_INDEX for e in enc)
+    assert len({e.labels.index(next(t for t in e.labels if t != IGNORE_INDEX)) for e in enc}) > 1  # prompts differ
+    early = Encoded(enc[0].input_ids, [IGNORE_INDEX, *enc[0].input_ids[1:]])  # scored from position 0 on
+    empty = Encoded(enc[1].input_ids, [IGNORE_INDEX] * len(enc[1].input_ids))
+    for size in (1, 3, 8):
+        got = per_example_nll(model, [*enc, early, empty], pad_id=tok.pad_token_id, batch_size=size)
+        assert math.isnan(got[-1])
+        for e, value in zip([*enc, early], got, strict=False):
+            ids = torch.tensor([e.input_ids])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
+            targets = torch.tensor(e.labels[1:])
+            keep = targets != IGNORE_INDEX
+            manual = -logp[keep, targets[keep]].mean().item()
+            assert math.isclose(value, manual, rel_tol=1e-4, abs_tol=1e-6)
     got = per_example_nll(model, enc, pad_id=tok.pad_token_id, batch_size=2)
     for e, value in zip(enc, got, strict=True):
         ids = torch.tensor([e.input_ids])
