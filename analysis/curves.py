@@ -23,8 +23,8 @@ def training_logs(trials: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for t in trials.itertuples(index=False):
         run_dir = getattr(t, "run_dir", None)
-        if not isinstance(run_dir, str) or not run_dir:
-            continue
+        if not isinstance(run_dir, str) or not run_dir or isinstance(getattr(t, "shadow", None), str):
+            continue  # an eval.each_shadow EMA's row: its run's curve is the live row's
         path = Path(run_dir) / "train_log.jsonl"
         if not path.is_file():
             continue

@@ -309,7 +309,7 @@ def _run_rows_of(run_dir: Path, study: str, number: int, source: str) -> list[di
         if view is None:
             row.update(state="FAIL", fail_reason="no metrics.json (the job crashed, or it is still running)")
         else:
-            row.update({k: v for k, v in view.items() if _scalar(v)})
+            row.update({k: v for k, v in view.items() if _scalar(v) or k == "_shadowed"})
             if isinstance(view.get("methods"), list):
                 row["_methods"] = view["methods"]
             status = view.get("status")
@@ -335,19 +335,28 @@ def run_views(metrics: Mapping[str, Any]) -> list[tuple[str | None, dict[str, An
         return key.startswith("shadow/") or any(key.startswith(f"{n}/") for n in names)
 
     run = {k: v for k, v in metrics.items() if not owned(k)}
-    views: list[tuple[str | None, dict[str, Any]]] = [(None, {**run, "methods": [m for m in methods
-                                                                                  if m.get("name") not in names]})]
-    shared = {k: v for k, v in run.items() if not k.startswith(("interp/", "check/", "live/", "start/"))}
+    acted = [m for m in methods if m.get("name") not in names]  # the methods that shaped the trajectory (EWC, ...)
+    views: list[tuple[str | None, dict[str, Any]]] = [(None, {**run, "methods": acted, "_shadowed": True})]
+    # run-wide keys only: the live weights' own scores (interp/, check/, live/, start/, eval_nan) are not a shadow's
+    shared = {k: v for k, v in run.items() if not k.startswith(("interp/", "check/", "live/", "start/"))
+              and k != "eval_nan"}  # fmt: skip
     for name in names:
         prefix = f"shadow/{name}/"
         view = {**shared, **{k: v for k, v in metrics.items() if k.startswith(f"{name}/")}}
         view.update({k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)})
         own = [m for m in methods if m.get("name") == name]
-        view.update(methods=own, eval_weights=f"shadow/{name}", shadow=name)
-        if own and isinstance(eta := (own[0].get("args") or {}).get("eta"), int | float):
+        view.update(methods=[*acted, *own], eval_weights=f"shadow/{name}", shadow=name, _shadowed=True)
+        eta = metrics.get(f"{name}/eta", (own[0].get("args") or {}).get("eta") if own else None)
+        if isinstance(eta, int | float):
             view["eta"] = eta  # the recipe column, as `ema/eta` gives it for a run with one EMA
         views.append((name, view))
     return views
+
+
+def live_methods(metrics: Mapping[str, Any]) -> list[Any]:
+    """metrics.json's `methods` without the shadow-mode ones of an eval.each_shadow run (they did not act on the
+    weights behind the run's own metrics)."""
+    return list(run_views(metrics)[0][1].get("methods") or [])
 
 
 def _overrides(run_dir: Path) -> dict[str, Any]:
@@ -396,8 +405,9 @@ def _frame(rows: list[dict[str, Any]], labels: Mapping[str, str]) -> pd.DataFram
 
 def _derive(row: dict[str, Any]) -> None:
     """Fill the recipe columns from the sweep's parameters, else metrics.json, else the run dir's config.yaml."""
+    shadowed = row.pop("_shadowed", False)  # a view of an eval.each_shadow run: its eta is the view's, not the sweep's
     for col, key in PARAM_KEYS.items():
-        if key in row and row[key] is not None:
+        if key in row and row[key] is not None and not (shadowed and col == "eta"):
             row[col] = row[key]
     if col_missing(row, "eta") and "ema/eta" in row:
         row["eta"] = row["ema/eta"]
@@ -408,8 +418,8 @@ def _derive(row: dict[str, Any]) -> None:
     if col_missing(row, "effective_batch_size") and not col_missing(row, "batch_size"):
         row["effective_batch_size"] = row["batch_size"] * (1 if col_missing(row, "grad_accum") else row["grad_accum"])
     methods = row.pop("_methods", None)
-    if methods is None and row.get("run_dir"):
-        methods = (_read_json(Path(row["run_dir"]) / "metrics.json") or {}).get("methods")
+    if methods is None and row.get("run_dir"):  # a study storage's trial: its run dir's record, live methods only
+        methods = live_methods(_read_json(Path(row["run_dir"]) / "metrics.json") or {}) or None
     row["method"] = methods_label(methods, row) if isinstance(methods, list) else method_label(row.get("eta"))
 
 

@@ -25,7 +25,7 @@ __all__ = ["aggregate_seeds", "asr_bootstrap", "bootstrap_mean", "harmful_verdic
 
 def recipe_columns(df: pd.DataFrame) -> list[str]:
     """What identifies a recipe: study, method, the recipe columns and every swept parameter except the seed."""
-    keys = ["study", "method", *RECIPE, *param_columns(df)]
+    keys = ["study", "method", "shadow", *RECIPE, *param_columns(df)]  # shadow: an eval.each_shadow EMA's name
     return [c for c in dict.fromkeys(keys) if c in df.columns and c not in NOT_RECIPE]
 
 

@@ -398,9 +398,14 @@ def collect(jobs: Sequence[Job], seeds: Sequence[int]) -> list[Point]:
                                                  if k.startswith(f"interp/{a}/")}}) for d, m in runs]  # fmt: skip
             points.append(Point(f"{job.row.name}_alpha{a}", f"{label} α={a}", method, "interpolation", float(a), {},
                                 [(d, m) for d, m in sub if len(m) > 1], weights=f"interp/{a}"))  # fmt: skip
-        for shadow, sub in shadows.items():  # the group is the method's name: "EMA η=0.25 every 10" → "EMA"
-            own = methods_label(sub[0][1].get("methods") or [], sub[0][1])
-            points.append(Point(f"{job.row.name}_{shadow}", own, own, own.split()[0], None,
+        unknown = set(job.row.shadow_paper) - set(shadows)
+        if runs and unknown:
+            raise AnalysisError(f"row '{job.row.name}': shadow_paper names {sorted(unknown)}, not among the run's "
+                                f"shadow methods {sorted(shadows)}")  # fmt: skip
+        for shadow, sub in shadows.items():  # group: the shadow's own method ("EMA η=0.25 every 10" → "EMA")
+            label = methods_label(sub[0][1].get("methods") or [], sub[0][1])
+            own = methods_label([m for m in sub[0][1].get("methods") or [] if m.get("name") == shadow])
+            points.append(Point(f"{job.row.name}_{shadow}", label, label, own.split()[0], None,
                                 job.row.shadow_paper.get(shadow, {}), sub, weights=f"shadow/{shadow}"))  # fmt: skip
     return points
 

@@ -202,8 +202,9 @@ class EvalConfig:
     judge_model: str | None = None  # eval.judge=llama_guard: a local Llama-Guard-style model directory
     baseline: bool = False  # also score the starting model (metrics prefixed "start/")
     also_live: bool = False  # with EMA in shadow mode, also score the live weights (prefixed "live/")
-    # several shadow-mode methods (a grid of EMAs on one training trajectory): the live weights are the run's result,
-    # and each method's own weights are scored too (prefixed "shadow/<name>/", also at every trial check)
+    # several shadow-mode methods (a grid of EMAs on one training trajectory): the live weights are the run's result
+    # (and what trial.stop_if and a pruner judge), each method's own weights are scored too (prefixed
+    # "shadow/<name>/", also at every trial check)
     each_shadow: bool = False
     # α values: θ(α) = θ_aligned + α·(θ_evaluated − θ_aligned) scored after training (prefixed "interp/<α>/")
     interpolate: list[float] = field(default_factory=list)
@@ -212,7 +213,7 @@ class EvalConfig:
 @dataclass
 class OutputConfig:
     save_final: bool = False  # final live weights as safetensors
-    save_eval_weights: bool = False  # the evaluated weights (EMA when a method swaps them in)
+    save_eval_weights: bool = False  # the evaluated weights (EMA when a method swaps them in; live with each_shadow)
 
 
 @dataclass

@@ -180,6 +180,8 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
     )  # fmt: skip
     metrics.update(methods.metrics())
     metrics["methods"] = methods.described  # [{name, target, args}]; analysis labels trials from it
+    if shadows:
+        metrics["shadows"] = [m.name for m in shadows]  # analysis: one row per shadow, labelled by its method
 
     if result.status == "completed":
         swapped = methods.swaps_eval_weights and not shadows
@@ -203,8 +205,6 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
                 tag = f"shadow/{method.name}"
                 metrics.update({f"{tag}/{k}": v for k, v in {**point.metrics, **distance()}.items()})
                 generations += [{**g, "weights": tag} for g in point.generations]
-        if shadows:
-            metrics["shadows"] = [m.name for m in shadows]  # analysis: one row per shadow, labelled by its method
         if cfg.eval.also_live and swapped:
             live = scorer.score(model, progress=progress, drafts=scored.tokens)  # the EMA's answers as drafts
             metrics.update({f"live/{k}": v for k, v in {**live.metrics, **distance()}.items()})

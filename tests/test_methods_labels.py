@@ -46,3 +46,27 @@ def test_run_dirs_are_labelled_by_their_methods(tmp_path) -> None:
                                                     "data/mix/safeinstr": safeinstr}))  # fmt: skip
     df = load([str(tmp_path / "study")])
     assert list(df["method"]) == ["SFT", "DER++ λ=0.5 β=0.5 m=8", "SafeInstr m=50"]
+
+
+def test_each_shadow_views_keep_the_methods_that_acted_and_their_own_eta(tmp_path) -> None:
+    """A shadow EMA's row names every method that shaped its trajectory plus itself; the run's own row only those
+    that acted on the live weights; a sweep's `method.ema.eta` override does not overwrite either row's eta; the
+    live weights' eval_nan flag does not leak into a shadow's row."""
+    from analysis.load import live_methods, run_views
+
+    ewc, fast = _m("ewc", "EWC", lam=100.0, fisher="identity"), _m("fast", "EMA", eta=0.25, every=10)
+    metrics = {"status": "completed", "asr": 0.9, "eval_nan": 1, "methods": [ewc, fast], "shadows": ["fast"],
+               "fast/eta": 0.25, "ewc/penalty": 0.1, "shadow/fast/asr": 0.4, "check/asr": 0.8}  # fmt: skip
+    (live, run), (name, shadow) = run_views(metrics)
+    assert live is None and name == "fast" and live_methods(metrics) == [ewc]
+    assert run["methods"] == [ewc] and "fast/eta" not in run and run["asr"] == 0.9
+    assert shadow["methods"] == [ewc, fast] and shadow["asr"] == 0.4 and shadow["eta"] == 0.25
+    assert "eval_nan" not in shadow and "check/asr" not in shadow and shadow["ewc/penalty"] == 0.1
+    assert methods_label(shadow["methods"]) == "EWC λ=100 identity + EMA η=0.25 every 10"
+    d = tmp_path / "study" / "0"
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text("- method.ema.eta=0.5\n")
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    df = load([str(tmp_path / "study")])
+    assert list(df["method"]) == ["EWC λ=100 identity", "EWC λ=100 identity + EMA η=0.25 every 10"]
+    assert list(df["eta"]) == [1.0, 0.25]

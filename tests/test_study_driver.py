@@ -339,10 +339,19 @@ def test_each_shadow_run_becomes_one_row_per_ema_in_tables_loads_and_early_signa
     slow = table.loc["sft_slow"]
     assert slow["asr_boot_lo"] < 0.25 < slow["asr_boot_hi"] < table.loc["sft", "asr_boot_lo"]
 
+    bad = _write_study(tmp_path / "conf", "bad", {"seeds": [0], "rows": [
+        {"name": "sft", "overrides": ["method=[ema_grid]"], "shadow_paper": {"fsat": {"asr": 2.7}}}]})  # fmt: skip
+    with pytest.raises(AnalysisError, match=r"row 'sft': shadow_paper names \['fsat'\], not among"):
+        study.collect(study.plan(study.load_study(str(bad)), study.load_study(str(bad)).rows, out, "toy"), [0])
+
     df = load([str(out / "sft")]).set_index("method")
     assert list(df.index) == ["SFT", "EMA η=0.25 every 10", "EMA η=0.9 old-convention"]
     assert list(df["asr"]) == [0.75, 0.5, 0.25] and list(df["shadow"].fillna("")) == ["", "fast", "slow"]
     assert list(df["eta"]) == [1.0, 0.25, 0.9] and list(df["trial"]) == [0, 0, 0]  # the live row: no EMA acted
+    from analysis.curves import training_logs
+
+    (run / "train_log.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0, "grad_norm": 1.0, "lr": 1e-3}) + "\n")
+    assert len(training_logs(df.reset_index())) == 1  # the run's curve once, not once per EMA
     checks = load_checks(df.reset_index())
     assert list(checks.sort_values("trial")["safety_loss"]) == [1.0, 2.0, 3.0]
     # the report's bootstrap over prompts, per trial and per recipe: each EMA's own verdicts
