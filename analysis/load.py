@@ -309,7 +309,7 @@ def _run_rows_of(run_dir: Path, study: str, number: int, source: str) -> list[di
         if view is None:
             row.update(state="FAIL", fail_reason="no metrics.json (the job crashed, or it is still running)")
         else:
-            row.update({k: v for k, v in view.items() if _scalar(v) or k == "_shadowed"})
+            row.update({k: v for k, v in view.items() if _scalar(v)})  # `_shadowed` too: a bool
             if isinstance(view.get("methods"), list):
                 row["_methods"] = view["methods"]
             status = view.get("status")

@@ -50,17 +50,17 @@ def scorer_metrics(cfg: Any) -> list[str]:
     return out
 
 
-def _methods(method_cfg: Any) -> tuple[list[str], bool, list[str]]:
-    """(metric names the configured methods report, whether they swap in other weights for evaluation, the names of
-    the methods that keep weights of their own)."""
+def _methods(method_cfg: Any) -> tuple[list[str], list[str]]:
+    """(metric names the configured methods report, the names of the methods that swap in weights of their own for
+    evaluation — shadow EMAs)."""
     from sweeps.methods import build_methods
 
     entries = {k: dict(v or {}) for k, v in dict(method_cfg or {}).items()}
     try:
         stack = build_methods(entries)
     except Exception:  # bad method arguments are sweeps.config.validate's to report
-        return [], False, []
-    return list(stack.metrics()), stack.swaps_eval_weights, [m.name for m in stack.shadows]
+        return [], []
+    return list(stack.metrics()), [m.name for m in stack.shadows]
 
 
 def _evaluation(scored: list[str]) -> list[str]:
@@ -85,11 +85,11 @@ def mix_metrics(cfg: Any) -> list[str]:
 def available_metrics(cfg: Any) -> set[str]:
     """Every numeric metrics.json key a completed trial of `cfg` (TrainConfig or composed DictConfig) writes."""
     evaluation = _evaluation(scorer_metrics(cfg))
-    method_metrics, swaps, shadows = _methods(_get(cfg, "method"))
+    method_metrics, shadows = _methods(_get(cfg, "method"))
     out = {*TRAIN_METRICS, *evaluation, *DISTANCE, *method_metrics, *truncation_metrics(cfg), *mix_metrics(cfg)}
     if _get(cfg, "eval.baseline"):
         out |= {f"start/{m}" for m in evaluation}
-    if _get(cfg, "eval.also_live") and swaps:
+    if _get(cfg, "eval.also_live") and shadows:
         out |= {f"live/{m}" for m in [*evaluation, *DISTANCE]}
     if _get(cfg, "eval.each_shadow"):
         out |= {f"shadow/{name}/{m}" for name in shadows for m in [*evaluation, *DISTANCE]}
