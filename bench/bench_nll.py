@@ -67,7 +67,7 @@ def main() -> None:
     if folder is None or not (folder / "model.safetensors").is_file() or not DATA.is_dir():
         sys.exit("needs a θ_aligned folder (--model, or run a SmolLM2 study once) and ../shared/data")
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     fmt = PromptFormatter(tok)
     pairs = rows(DATA / "safety_tuned_llamas" / "safety_only_data_Instructions.json", args.n)
     pairs += rows(DATA / "alpaca" / "alpaca_5000.json", args.n, start=4000)

@@ -10,7 +10,8 @@ forward → loss (+ extra_loss) → backward → step_loss backward → after_ba
 
 Gradient accumulation is token-weighted (as transformers ≥ 4.46 does): each micro-batch's mean loss is scaled by its
 share of the step's response tokens, so batch 16 and batch 4 × 4 on the same examples give the same gradient. The
-token counts come from the host-side labels: no extra device sync.
+token counts come from the host-side labels: no extra device sync. The loss projects onto the vocabulary only from
+each micro-batch's first response position (sweeps.lm_loss), found on the host too.
 
 Under torchrun (sweeps.distributed) every rank draws the same global batch of batch_size × world size and trains on
 its slice through DDP; each rank's loss is weighted by its share of the GLOBAL step's response tokens (known on
@@ -41,6 +42,7 @@ from transformers import get_scheduler
 from sweeps import distributed
 from sweeps.config import OptimConfig
 from sweeps.formatting import Encoded, collate, response_tokens
+from sweeps.lm_loss import first_scored, response_loss
 from sweeps.methods import MethodStack
 from sweeps.methods._context import Resources, TrainingContext
 
@@ -162,16 +164,16 @@ def train(
             step_tokens = sum(response_tokens(r) for r in global_rows)
             n_tokens = max(1, step_tokens) / world.size  # DDP averages over ranks: its mean of the shares is the sum
             rows = [distributed.shard(r, world) for r in global_rows]
-            counts = [response_tokens(r) for r in rows]
+            firsts = [first_scored(r) for r in rows]  # where each micro-batch's vocabulary projection starts
             micro = [collate(r, pad_id, device) for r in rows]
             lr = scheduler.get_last_lr()[0]
             methods.before_step(step, micro)
             step_loss = torch.zeros((), device=device)
-            for i, (batch, count) in enumerate(zip(micro, counts, strict=True)):
+            for i, (batch, first) in enumerate(zip(micro, firsts, strict=True)):
                 with distributed.no_sync(trained, last=i == len(micro) - 1):  # forward and backward inside
                     with autocast():
-                        outputs = trained(**batch, **forward_kwargs)
-                        loss = outputs.loss * (count / n_tokens) if count else torch.zeros((), device=device)
+                        loss, outputs = response_loss(trained, batch, first, reduction="sum", **forward_kwargs)
+                        loss = loss / n_tokens
                         term = methods.extra_loss(module, batch, outputs)
                         if term is not None:
                             loss = loss + term / optim.grad_accum

@@ -16,7 +16,8 @@ from sweeps.methods import EMA, MethodStack, TrainingContext, build_methods, kno
 
 
 class TinyLM(nn.Module):
-    """Minimal causal-LM stand-in with HF's (input_ids, attention_mask, labels) -> .loss interface."""
+    """Minimal causal-LM stand-in with HF's (input_ids, attention_mask, labels) -> .loss, .logits interface and no
+    `logits_to_keep` (the training loss then takes the full-logits fallback of sweeps.lm_loss.forward_from)."""
 
     def __init__(self, vocab: int = 11, dim: int = 8) -> None:
         super().__init__()
@@ -26,7 +27,9 @@ class TinyLM(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         logits = self.head(torch.tanh(self.mix(self.emb(input_ids))))
-        loss = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100)
         return type("Out", (), {"loss": loss, "logits": logits})()
 
 

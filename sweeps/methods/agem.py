@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sweeps.lm_loss import response_loss
 from sweeps.methods._base import TrainingMethod, check_flag, check_number
 from sweeps.methods._context import TrainingContext
 
@@ -52,7 +53,7 @@ class AGEM(TrainingMethod):
         if not self.project:
             return
         batch, _ = self.stream.next(self.batch_size)
-        ref = torch.autograd.grad(model(**batch).loss, self.params, allow_unused=True)
+        ref = torch.autograd.grad(response_loss(model, batch)[0], self.params, allow_unused=True)
         with torch.no_grad():
             pairs = [(p, r) for p, r in zip(self.params, ref, strict=True) if r is not None and p.grad is not None]
             dot = torch.stack([(p.grad.float() * r.float()).sum() for p, r in pairs]).sum()

@@ -24,15 +24,19 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sweeps.lm_loss import first_scored_in, forward_from, response_loss, token_losses
 from sweeps.methods._base import TrainingMethod, check_choice, check_flag, check_number
 from sweeps.methods._context import TrainingContext, response_mask
 
 STORES = ("logits", "teacher")
 
 
-def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch without labels: the MSE needs logits only, not the model's own CE over the whole vocabulary."""
-    return {k: v for k, v in batch.items() if k != "labels"}
+def _response_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, Any]:
+    """The logits at the positions that predict a response token (rows in batch order, positions in order), where
+    the vocabulary projection started, and the outputs (their `.logits` cover positions first … width − 1)."""
+    first = first_scored_in(batch["labels"])
+    outputs = forward_from(model, batch, first)
+    return outputs.logits[response_mask(batch["labels"])[:, first:]], first, outputs
 
 
 class DER(TrainingMethod):
@@ -65,18 +69,19 @@ class DER(TrainingMethod):
         self.z = []
         with torch.no_grad():
             for batch, _ in self.stream.in_order():
-                logits, mask = ctx.model(**_inputs(batch)).logits.float(), response_mask(batch["labels"])
-                self.z += [row[m].cpu() for row, m in zip(logits, mask, strict=True)]
+                first = first_scored_in(batch["labels"])
+                logits, mask = forward_from(ctx.model, batch, first).logits.float(), response_mask(batch["labels"])
+                self.z += [row[m].cpu() for row, m in zip(logits, mask[:, first:], strict=True)]
 
-    def replay(self, model: nn.Module, drawn: tuple[dict, torch.Tensor, Any] | None = None) -> torch.Tensor | None:
-        """λ·MSE on a fresh memory batch, or on `drawn` = (batch, ids, its outputs) already forwarded."""
+    def replay(self, model: nn.Module, drawn: tuple[dict, torch.Tensor, torch.Tensor] | None = None,
+               ) -> torch.Tensor | None:  # fmt: skip
+        """λ·MSE on a fresh memory batch, or on `drawn` = (batch, ids, its response logits) already forwarded."""
         if self.lam == 0:
             return None
         batch, ids = drawn[:2] if drawn is not None else self.stream.next(self.batch_size)
-        mask = response_mask(batch["labels"])
-        f = (drawn[2] if drawn is not None else model(**_inputs(batch))).logits[mask].float()
+        f = (drawn[2] if drawn is not None else _response_logits(model, batch)[0]).float()
         if self.store == "teacher":
-            z = self.teacher(**_inputs(batch)).logits[mask].float()
+            z = _response_logits(self.teacher, batch)[0].float()
         else:  # rows in batch order, positions in order: the same flattening as logits[mask]
             z = torch.cat([self.z[i] for i in ids.tolist()]).to(f.device, non_blocking=True)
         term = self.lam * nn.functional.mse_loss(f, z)
@@ -119,19 +124,22 @@ class DERpp(DER):
     def step_loss(self, model: nn.Module) -> torch.Tensor | None:
         if self.same_batch and self.lam > 0 and self.beta > 0:  # one memory batch, one forward, both terms
             batch, ids = self.stream.next(self.batch_size)
-            out = model(**batch)
-            terms = [self.replay(model, (batch, ids, out)), self.ce(model, (batch, out))]
+            f, first, out = _response_logits(model, batch)
+            terms = [self.replay(model, (batch, ids, f)), self.ce(model, (batch, first, out))]
         else:  # mammoth's DER++: two independent memory batches
             terms = [self.replay(model), self.ce(model)]
         terms = [t for t in terms if t is not None]
         return torch.stack(terms).sum() if terms else None
 
-    def ce(self, model: nn.Module, drawn: tuple[dict, Any] | None = None) -> torch.Tensor | None:
-        """β·CE on a fresh memory batch, or on `drawn` = (batch, its outputs) already forwarded."""
+    def ce(self, model: nn.Module, drawn: tuple[dict, int, Any] | None = None) -> torch.Tensor | None:
+        """β·CE on a fresh memory batch, or on `drawn` = (batch, where its logits start, its outputs) forwarded."""
         if self.beta == 0:
             return None
-        batch, out = drawn if drawn is not None else (self.stream.next(self.batch_size)[0], None)
-        term = self.beta * (out if out is not None else model(**batch)).loss
+        if drawn is None:
+            term = self.beta * response_loss(model, self.stream.next(self.batch_size)[0])[0]
+        else:
+            batch, first, out = drawn
+            term = self.beta * token_losses(out.logits, batch["labels"], first)[0].mean()
         self.terms["ce"] = term.detach()
         return term
 

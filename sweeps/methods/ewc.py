@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sweeps.lm_loss import response_loss
 from sweeps.methods._base import TrainingMethod, check_choice, check_number
 from sweeps.methods._chunks import Scratch, flat_chunks
 from sweeps.methods._context import Stream, TrainingContext
@@ -31,7 +32,7 @@ def diagonal_fisher(model: nn.Module, params: dict[str, nn.Parameter], stream: S
     names = list(params)
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     for batch, _ in stream.in_order(batch_size=1):
-        loss = model(**batch).loss
+        loss, _ = response_loss(model, batch)
         grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
         weight = torch.exp(-loss.detach()).float() if kind == "weighted" else 1.0
         for n, g in zip(names, grads, strict=True):

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from sweeps.lm_loss import forward_from
 from sweeps.methods._base import TrainingMethod, check_choice, check_number
 from sweeps.methods._context import TrainingContext, response_mask
 
@@ -47,7 +48,8 @@ class LwF(TrainingMethod):
         if self.beta == 0:
             return None
         mask = response_mask(batch["labels"]) if self.positions == "response" else batch["attention_mask"].bool()
-        target = self.teacher(**batch, output_hidden_states=True).hidden_states[-1][mask].float()
+        width = batch["input_ids"].shape[1]  # the teacher's hidden states only: no loss, one row of logits
+        target = forward_from(self.teacher, batch, width - 1, output_hidden_states=True).hidden_states[-1][mask].float()
         term = self.beta * nn.functional.mse_loss(outputs.hidden_states[-1][mask].float(), target)
         self.term = term.detach()
         return term

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from sweeps.lm_loss import response_loss
 from sweeps.methods._base import check_choice, check_number
 from sweeps.methods._chunks import CHUNK, Scratch, flat_chunks
 from sweeps.methods._context import TrainingContext
@@ -82,7 +83,7 @@ class Refresh(DERpp):
         if self.gamma == 0 or self.ascent != "separate":
             return
         params = list(self.params.values())
-        self.unlearn(torch.autograd.grad(self.model(**batches[0]).loss, params, allow_unused=True))
+        self.unlearn(torch.autograd.grad(response_loss(self.model, batches[0])[0], params, allow_unused=True))
 
     def after_user_backward(self, model: torch.nn.Module) -> None:
         if self.gamma == 0 or self.ascent != "shared":

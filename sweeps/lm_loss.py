@@ -1,0 +1,65 @@
+"""Causal-LM forwards that project onto the vocabulary only where a response token is predicted.
+
+Every loss here (the training loss, the NLL axes, EWC's Fisher, A-GEM's reference gradient, Refresh's ascent, DER's
+logits) scores response tokens only, yet a plain `model(**batch)` projects every prompt and pad position onto the
+vocabulary and runs the cross-entropy over all of them. For a 49k vocabulary that was about half of an NLL's time
+(SmolLM2, py-spy). Here the projection starts at the batch's first position that predicts a response token
+(`logits_to_keep`), and the cross-entropy runs on the gathered response rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sweeps.formatting import IGNORE_INDEX, Encoded
+
+
+def first_scored(examples: Sequence[Encoded]) -> int:
+    """The first position whose logits predict a response token in any example (label j is predicted at j − 1),
+    counted on the host; the last position when nothing is scored."""
+    width = max(len(e.input_ids) for e in examples)
+    firsts = (next((j - 1 for j in range(1, len(e.labels)) if e.labels[j] != IGNORE_INDEX), None) for e in examples)
+    return min((f for f in firsts if f is not None), default=width - 1)
+
+
+def first_scored_in(labels: torch.Tensor) -> int:
+    """`first_scored` from a collated label tensor (one device→host sync; use `first_scored` where rows are at hand)."""
+    scored = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero()
+    return int(scored[0]) if len(scored) else labels.shape[1] - 1
+
+
+def forward_from(model: nn.Module, batch: dict[str, torch.Tensor], first: int, **kwargs: Any) -> Any:
+    """`model`'s outputs without its own loss, whose `.logits` cover positions first … width − 1 only."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    keep = batch["input_ids"].shape[1] - first
+    try:
+        outputs = model(**inputs, logits_to_keep=keep, **kwargs)
+    except TypeError as e:  # a model class without `logits_to_keep` computes every position's logits
+        if "logits_to_keep" not in str(e):
+            raise
+        outputs = model(**inputs, **kwargs)
+    outputs.logits = outputs.logits[:, -keep:]
+    return outputs
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy (fp32) of every scored response token and the batch row each belongs to, from
+    `logits` of positions first … width − 1 (as `forward_from` returns them)."""
+    targets = labels[:, first + 1 :]
+    scored = targets != IGNORE_INDEX
+    rows = torch.arange(len(labels), device=labels.device).unsqueeze(1).expand_as(targets)[scored]
+    return F.cross_entropy(logits[:, :-1][scored].float(), targets[scored], reduction="none"), rows
+
+
+def response_loss(model: nn.Module, batch: dict[str, torch.Tensor], first: int | None = None,
+                  reduction: str = "mean", **kwargs: Any) -> tuple[torch.Tensor, Any]:  # fmt: skip
+    """The response-token cross-entropy (`reduction` "mean", as `model(**batch).loss`, or "sum") and the outputs."""
+    first = first_scored_in(batch["labels"]) if first is None else first
+    outputs = forward_from(model, batch, first, **kwargs)
+    losses, _ = token_losses(outputs.logits, batch["labels"], first)
+    return (losses.sum() if reduction == "sum" else losses.mean()), outputs

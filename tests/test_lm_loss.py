@@ -1,0 +1,76 @@
+"""Response-only forwards (sweeps.lm_loss): the same loss, gradient and logits as the model's own full-vocabulary
+computation, for the training loss, the methods' memory losses and DER's logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sweeps.formatting import IGNORE_INDEX, Encoded, PromptFormatter, collate
+from sweeps.lm_loss import first_scored, first_scored_in, forward_from, response_loss
+from sweeps.methods._context import response_mask
+from sweeps.methods.der import _response_logits
+from sweeps.toyworld import toy_examples
+
+
+@pytest.fixture
+def batch_rows(aligned, toy_world) -> tuple[list[Encoded], int]:
+    """Prompts of different lengths in one batch (right-padded) and an example scored on its last two tokens only."""
+    tok = aligned[1]
+    fmt = PromptFormatter(tok)
+    ex = toy_examples("refusal", toy_world)[:2] + toy_examples("user_eval", toy_world)[:2]
+    enc = [fmt.encode_pair(e.prompt, e.response, 64) for e in ex]
+    starts = {e.labels.index(next(t for t in e.labels if t != IGNORE_INDEX)) for e in enc}
+    assert len(starts) > 1 and min(starts) > 1  # prompts differ; the shortest still skips positions
+    late = Encoded(enc[2].input_ids, [IGNORE_INDEX] * (len(enc[2].labels) - 2) + enc[2].input_ids[-2:])
+    return [*enc, late], tok.pad_token_id
+
+
+def _grads(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [g if g is not None else torch.zeros_like(p) for p, g in
+            zip(params, torch.autograd.grad(loss, params, allow_unused=True), strict=True)]  # fmt: skip
+
+
+def test_response_loss_equals_the_models_own_loss_and_gradient(aligned, batch_rows) -> None:
+    model, _ = aligned
+    rows, pad_id = batch_rows
+    batch = collate(rows, pad_id)
+    first = first_scored(rows)
+    assert first == first_scored_in(batch["labels"]) > 0  # host count = device count, and prompt positions skipped
+    model.train(False)
+    reference = model(**batch).loss
+    loss, outputs = response_loss(model, batch, first)
+    assert outputs.logits.shape[1] == batch["input_ids"].shape[1] - first  # only the kept positions projected
+    assert torch.allclose(loss, reference, rtol=1e-5, atol=1e-6)
+    for got, want in zip(_grads(model, loss), _grads(model, reference), strict=True):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+    total, _ = response_loss(model, batch, reduction="sum")
+    n = sum(sum(1 for t in r.labels[1:] if t != IGNORE_INDEX) for r in rows)
+    assert torch.allclose(total, reference * n, rtol=1e-5)
+
+
+def test_a_model_without_logits_to_keep_gets_every_position_then_the_same_slice(batch_rows) -> None:
+    from tests.test_ema import TinyLM
+
+    torch.manual_seed(0)
+    model = TinyLM(vocab=max(max(r.input_ids) for r in batch_rows[0]) + 1)
+    rows, pad_id = batch_rows
+    batch = collate(rows, pad_id)
+    first = first_scored(rows)
+    loss, outputs = response_loss(model, batch, first)
+    assert outputs.logits.shape[1] == batch["input_ids"].shape[1] - first
+    assert torch.allclose(loss, model(**batch).loss, rtol=1e-5, atol=1e-6)
+
+
+def test_der_logits_and_lwf_hidden_states_equal_the_full_forward(aligned, batch_rows) -> None:
+    model, _ = aligned
+    rows, pad_id = batch_rows
+    batch = collate(rows, pad_id)
+    with torch.no_grad():
+        full = model(**batch, output_hidden_states=True)
+        f, first, _ = _response_logits(model, batch)
+        assert first == first_scored_in(batch["labels"]) > 0
+        hidden = forward_from(model, batch, batch["input_ids"].shape[1] - 1, output_hidden_states=True).hidden_states
+    assert torch.allclose(f, full.logits[response_mask(batch["labels"])], rtol=1e-5, atol=1e-5)
+    assert torch.allclose(hidden[-1], full.hidden_states[-1], rtol=1e-5, atol=1e-6)
