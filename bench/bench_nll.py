@@ -20,15 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `sweeps` importable
 
+from bench._smollm2 import DATA, load_aligned  # noqa: E402
 from sweeps.formatting import IGNORE_INDEX, PromptFormatter, collate  # noqa: E402
 from sweeps.scoring.nll import per_example_nll  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
 
 
 @torch.no_grad()
@@ -62,12 +60,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    folder = Path(args.model) if args.model else next(iter(sorted((ROOT / ".cache").glob("aligned-*"))), None)
-    if folder is None or not (folder / "model.safetensors").is_file() or not DATA.is_dir():
-        sys.exit("needs a θ_aligned folder (--model, or run a SmolLM2 study once) and ../shared/data")
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok, model = load_aligned(args.model, args.threads)
     fmt = PromptFormatter(tok)
     pairs = rows(DATA / "safety_tuned_llamas" / "safety_only_data_Instructions.json", args.n)
     pairs += rows(DATA / "alpaca" / "alpaca_5000.json", args.n, start=4000)

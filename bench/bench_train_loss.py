@@ -22,15 +22,13 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `sweeps` importable
 
+from bench._smollm2 import DATA, load_aligned  # noqa: E402
 from sweeps.formatting import IGNORE_INDEX, PromptFormatter, collate  # noqa: E402
 from sweeps.lm_loss import first_scored, response_loss  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
 
 
 def pairs(kind: str, n: int) -> list[tuple[str, str]]:
@@ -50,12 +48,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    folder = Path(args.model) if args.model else next(iter(sorted((ROOT / ".cache").glob("aligned-*"))), None)
-    if folder is None or not (folder / "model.safetensors").is_file() or not DATA.is_dir():
-        sys.exit("needs a θ_aligned folder (--model, or run a SmolLM2 study once) and ../shared/data")
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).train()
+    tok, model = load_aligned(args.model, args.threads)
+    model.train()
     fmt = PromptFormatter(tok)
     data = [e for e in (fmt.encode_pair(p, r, 256) for p, r in pairs(args.data, args.steps * args.batch_size)) if e]
     batches = [data[i : i + args.batch_size] for i in range(0, len(data), args.batch_size)]
