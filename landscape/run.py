@@ -23,6 +23,7 @@ from landscape.summaries import crossing, hessian_top, visage
 from sweeps.config import AlignConfig, ConfigError, ModelConfig
 from sweeps.data import DataError
 from sweeps.formatting import PromptFormatter, collate
+from sweeps.lm_loss import response_loss
 from sweeps.models import PACKAGE_PREFIX, load_model, resolve_package
 from sweeps.resolve import load_data, resolve_model
 from sweeps.rundir import atomic_write_json, atomic_write_text, versions
@@ -419,7 +420,7 @@ def hessian_summary(model, params, scorer: Scorer, s, *, progress: bool = False)
         batch = collate(data[: s.hessian_examples], scorer.pad_id, tensors[0].device)
 
         def loss_fn(batch=batch):
-            return model(**batch).loss
+            return response_loss(model, batch)[0]
 
         out[metric] = hessian_top(loss_fn, tensors, iters=s.hessian_iters, seed=s.seed,
                                   desc=f"Hessian of {metric}" if progress else None)  # fmt: skip

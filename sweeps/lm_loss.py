@@ -33,18 +33,31 @@ def first_scored_in(labels: torch.Tensor) -> int:
     return int(scored[0]) if len(scored) else labels.shape[1] - 1
 
 
+_NO_LOGITS_TO_KEEP: set[type] = set()  # model classes whose forward refused `logits_to_keep` once
+
+
+def forward_keeping(model: nn.Module, keep: int, **inputs: Any) -> Any:
+    """`model(**inputs)` with logits for the last `keep` positions only (`.logits` sliced to them). A model class
+    without `logits_to_keep` computes every position's logits; it is asked once, then remembered (a retried forward
+    would rerun a wrapper's pre-forward, e.g. DDP's buffer broadcast)."""
+    if type(model) not in _NO_LOGITS_TO_KEEP:
+        try:
+            outputs = model(**inputs, logits_to_keep=keep)
+        except TypeError as e:
+            if "logits_to_keep" not in str(e):
+                raise
+            _NO_LOGITS_TO_KEEP.add(type(model))
+            outputs = model(**inputs)
+    else:
+        outputs = model(**inputs)
+    outputs.logits = outputs.logits[:, -keep:]
+    return outputs
+
+
 def forward_from(model: nn.Module, batch: dict[str, torch.Tensor], first: int, **kwargs: Any) -> Any:
     """`model`'s outputs without its own loss, whose `.logits` cover positions first … width − 1 only."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    keep = batch["input_ids"].shape[1] - first
-    try:
-        outputs = model(**inputs, logits_to_keep=keep, **kwargs)
-    except TypeError as e:  # a model class without `logits_to_keep` computes every position's logits
-        if "logits_to_keep" not in str(e):
-            raise
-        outputs = model(**inputs, **kwargs)
-    outputs.logits = outputs.logits[:, -keep:]
-    return outputs
+    return forward_keeping(model, batch["input_ids"].shape[1] - first, **inputs, **kwargs)
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor, first: int) -> tuple[torch.Tensor, torch.Tensor]:

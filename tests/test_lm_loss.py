@@ -53,14 +53,34 @@ def test_response_loss_equals_the_models_own_loss_and_gradient(aligned, batch_ro
 def test_a_model_without_logits_to_keep_gets_every_position_then_the_same_slice(batch_rows) -> None:
     from tests.test_ema import TinyLM
 
+    class Counting(TinyLM):
+        calls = 0
+
+        def forward(self, *args, **kwargs):
+            Counting.calls += 1
+            return super().forward(*args, **kwargs)
+
     torch.manual_seed(0)
-    model = TinyLM(vocab=max(max(r.input_ids) for r in batch_rows[0]) + 1)
+    model = Counting(vocab=max(max(r.input_ids) for r in batch_rows[0]) + 1)
     rows, pad_id = batch_rows
     batch = collate(rows, pad_id)
     first = first_scored(rows)
-    loss, outputs = response_loss(model, batch, first)
-    assert outputs.logits.shape[1] == batch["input_ids"].shape[1] - first
-    assert torch.allclose(loss, model(**batch).loss, rtol=1e-5, atol=1e-6)
+    for _ in range(2):
+        loss, outputs = response_loss(model, batch, first)
+        assert outputs.logits.shape[1] == batch["input_ids"].shape[1] - first
+        assert torch.allclose(loss, model(**batch).loss, rtol=1e-5, atol=1e-6)
+    assert Counting.calls == 1 + 2 + 2  # refused `logits_to_keep` once, then remembered: one call per forward
+
+
+def test_a_batch_with_nothing_scored_adds_zero_with_a_gradient(aligned, batch_rows) -> None:
+    """A micro-batch without response tokens contributes 0 to the step's summed loss and still backpropagates (every
+    rank and micro-batch runs backward: DDP and FSDP need it), with all-zero gradients."""
+    model, _ = aligned
+    rows, pad_id = batch_rows
+    empty = [Encoded(r.input_ids, [IGNORE_INDEX] * len(r.labels)) for r in rows[:2]]
+    total, _ = response_loss(model, collate(empty, pad_id), first_scored(empty), reduction="sum")
+    assert float(total) == 0.0
+    assert all(float(g.abs().max()) == 0.0 for g in _grads(model, total))
 
 
 def test_der_logits_and_lwf_hidden_states_equal_the_full_forward(aligned, batch_rows) -> None:

@@ -31,10 +31,11 @@ from sweeps.methods._context import TrainingContext, response_mask
 STORES = ("logits", "teacher")
 
 
-def _response_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, Any]:
+def _response_logits(model: nn.Module, batch: dict[str, torch.Tensor], first: int | None = None,
+                     ) -> tuple[torch.Tensor, int, Any]:  # fmt: skip
     """The logits at the positions that predict a response token (rows in batch order, positions in order), where
     the vocabulary projection started, and the outputs (their `.logits` cover positions first … width − 1)."""
-    first = first_scored_in(batch["labels"])
+    first = first_scored_in(batch["labels"]) if first is None else first
     outputs = forward_from(model, batch, first)
     return outputs.logits[response_mask(batch["labels"])[:, first:]], first, outputs
 
@@ -73,15 +74,19 @@ class DER(TrainingMethod):
                 logits, mask = forward_from(ctx.model, batch, first).logits.float(), response_mask(batch["labels"])
                 self.z += [row[m].cpu() for row, m in zip(logits, mask[:, first:], strict=True)]
 
-    def replay(self, model: nn.Module, drawn: tuple[dict, torch.Tensor, torch.Tensor] | None = None,
+    def replay(self, model: nn.Module, drawn: tuple[dict, torch.Tensor, torch.Tensor, int] | None = None,
                ) -> torch.Tensor | None:  # fmt: skip
-        """λ·MSE on a fresh memory batch, or on `drawn` = (batch, ids, its response logits) already forwarded."""
+        """λ·MSE on a fresh memory batch, or on `drawn` = (batch, ids, its response logits, where they start)."""
         if self.lam == 0:
             return None
-        batch, ids = drawn[:2] if drawn is not None else self.stream.next(self.batch_size)
-        f = (drawn[2] if drawn is not None else _response_logits(model, batch)[0]).float()
+        if drawn is not None:
+            batch, ids, f, first = drawn
+        else:
+            batch, ids = self.stream.next(self.batch_size)
+            f, first, _ = _response_logits(model, batch)
+        f = f.float()
         if self.store == "teacher":
-            z = _response_logits(self.teacher, batch)[0].float()
+            z = _response_logits(self.teacher, batch, first)[0].float()
         else:  # rows in batch order, positions in order: the same flattening as logits[mask]
             z = torch.cat([self.z[i] for i in ids.tolist()]).to(f.device, non_blocking=True)
         term = self.lam * nn.functional.mse_loss(f, z)
@@ -125,7 +130,7 @@ class DERpp(DER):
         if self.same_batch and self.lam > 0 and self.beta > 0:  # one memory batch, one forward, both terms
             batch, ids = self.stream.next(self.batch_size)
             f, first, out = _response_logits(model, batch)
-            terms = [self.replay(model, (batch, ids, f)), self.ce(model, (batch, first, out))]
+            terms = [self.replay(model, (batch, ids, f, first)), self.ce(model, (batch, first, out))]
         else:  # mammoth's DER++: two independent memory batches
             terms = [self.replay(model), self.ce(model)]
         terms = [t for t in terms if t is not None]

@@ -18,6 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
+from sweeps.lm_loss import forward_keeping
+
 # verification logits are computed a few rows at a time so that rows × kept positions × vocab stays below this
 VERIFY_LOGIT_BUDGET = 64 * 2**20  # float32 values (256 MiB)
 # draft checks per generate() call before the rest is decoded token by token. Each check is a forward pass over the
@@ -138,11 +140,8 @@ def _decode_rows(
 def _logits_last(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
     """Logits of the last `keep` positions of a left-padded batch in one forward pass (no cache)."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every row's first real token is position 0
-    try:
-        return model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                     logits_to_keep=keep).logits[:, -keep:]  # fmt: skip
-    except TypeError:  # a model class without `logits_to_keep`
-        return model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits[:, -keep:]
+    return forward_keeping(model, keep, input_ids=ids, attention_mask=mask, position_ids=positions,
+                           use_cache=False).logits  # fmt: skip
 
 
 def _verify(

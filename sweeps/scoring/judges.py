@@ -99,6 +99,8 @@ class LlamaGuardJudge:
     def scores(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         import torch
 
+        from sweeps.lm_loss import forward_keeping
+
         texts = [self.format(p, r) for p, r in zip(prompts, responses, strict=True)]
         out: list[float] = []
         for s in range(0, len(texts), self.batch_size):
@@ -108,7 +110,8 @@ class LlamaGuardJudge:
             ids = enc["input_ids"].to(self.device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+                logits = forward_keeping(self.model, 1, input_ids=ids, attention_mask=mask, position_ids=positions,
+                                         use_cache=False).logits[:, -1]  # fmt: skip
             out += logits.float().softmax(-1)[:, self.unsafe_id].tolist()
         return out
 
