@@ -182,8 +182,14 @@ def _early_entry(trials: pd.DataFrame, out: Path, opts: ReportOptions) -> _Entry
     # a fraction before every trial's first check has no pairs: left out of the table and the figure, and said so
     ranked = table[table["n"] >= 3]
     unchecked = [f"{f:.0%}" for f in EARLY_FRACTIONS if f not in set(ranked["fraction"])]
-    note = f" No trial had been checked by {', '.join(unchecked)} of its steps (a smaller `trial.check_every` " \
-           "would measure it)." if unchecked else ""  # fmt: skip
+    note = f" Fewer than three trials had been checked by {', '.join(unchecked)} of their steps (a smaller " \
+           "`trial.check_every` would measure it)." if unchecked else ""  # fmt: skip
+    if len(ranked) and (ranked["n_runs"] < ranked["n"]).any():
+        note += " Several rows come from one training run (each EMA of an `eval.each_shadow` run is a row): the " \
+                "interval resamples runs (n_runs), not rows (n)."  # fmt: skip
+    if len(table) and table["no_final"].max() > 0:
+        note += f" {int(table['no_final'].max())} checked trial(s) have no final ASR (pruned or diverged) and are " \
+                "left out, which can shrink ρ when a pruner removed the worst early values."  # fmt: skip
     files: list[Path] = []
     if len(ranked):
         shown_at = 0.25 if 0.25 in set(ranked["fraction"]) else float(ranked["fraction"].min())
@@ -193,11 +199,15 @@ def _early_entry(trials: pd.DataFrame, out: Path, opts: ReportOptions) -> _Entry
         files = figures.early_signals_figure(pairs, rho, out / "early_signals", shown_at)
     shown = ranked.assign(spearman=[f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
                                     ranked[["spearman", "lo", "hi"]].itertuples(index=False)])  # fmt: skip
-    shown = shown.drop(columns=["lo", "hi"])
+    shown = shown.assign(checked_at=[f"{a:.0%}" if a == b else f"{a:.0%}–{b:.0%}" for a, b in
+                                     shown[["at_min", "at_max"]].itertuples(index=False)])  # fmt: skip
+    shown = shown.drop(columns=["lo", "hi", "at_min", "at_max", "no_final"])
     fractions = " / ".join(f"{f:.0%}" for f in EARLY_FRACTIONS).replace("%", " %")
     return _Entry("Early signals", [*files, csv], f"Spearman rank correlation (with {opts.level:.0%} bootstrap "
-                  f"interval over trials) between each checked metric at {fractions} of a trial's steps (its last "
-                  "check by then) and the trial's final ASR; a high ρ means the early value could prune unsafe "
+                  f"interval, training runs resampled) between each checked metric at {fractions} of a trial's steps "
+                  "(its last check by then; `checked_at`: the fractions actually used) and the trial's final ASR. "
+                  "ρ > 0: a higher early value goes with a higher final ASR (expected for the safety loss and the "
+                  "distance); |ρ| near 1 with an interval away from 0 means the early value could prune unsafe "
                   f"recipes early.{note}", shown)  # fmt: skip
 
 

@@ -586,7 +586,8 @@ def test_early_signals_reach_the_report_with_table_and_figure(tmp_path) -> None:
     assert set(table["fraction"]) == {0.1, 0.25, 0.5} and (table["n"] == 8).all()
     assert table["spearman"].tolist() == pytest.approx([-1.0, -1.0, -1.0])
     assert _is_png(tmp_path / "report" / "early_signals.png")
-    assert "No trial had been checked" not in text
+    assert "Fewer than three trials had been checked" not in text and "resamples runs" not in text
+    assert (table["n_runs"] == 8).all() and (table["no_final"] == 0).all()
 
     # a short run whose first check comes after 10 % and 25 % of its steps: only 50 % is ranked, and the report
     # says why the others are missing
@@ -595,8 +596,9 @@ def test_early_signals_reach_the_report_with_table_and_figure(tmp_path) -> None:
         (tmp_path / "runs" / str(i) / "checks.jsonl").write_text(lines[-1] + "\n")  # step 50 only
     write_report(df, tmp_path / "late", ReportOptions(objectives=ASR_UTIL, n_boot=100, progress=False))
     text = (tmp_path / "late" / "index.md").read_text()
-    assert "No trial had been checked by 10%, 25% of its steps" in text
-    assert "| safety_loss | 0.5 | asr | 8 | -1.00 [" in text and "| safety_loss | 0.1 |" not in text
+    assert "Fewer than three trials had been checked by 10%, 25% of their steps" in text
+    assert "| safety_loss | 0.5 | asr | 8 | 8 | -1.00 [" in text and "| safety_loss | 0.1 |" not in text
+    assert "| 50% |" in text  # checked_at: the fraction of the run the used check sits at
     assert _is_png(tmp_path / "late" / "early_signals.png")
 
     plain = write_report(synthetic_trials(n=8, seeds_per_recipe=1), tmp_path / "plain",

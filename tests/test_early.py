@@ -84,3 +84,44 @@ def test_interpolation_rows_replace_metrics_by_each_alpha_point() -> None:
     assert list(out["lr"]) == [1e-3, 1e-4, 1e-3] and out["interpolated"].all()
     assert not any(c.startswith("interp/") for c in out.columns)
     assert interpolation_rows(df[["method", "asr"]]).empty
+
+
+def test_rows_of_one_run_are_resampled_together_and_shadows_do_not_inherit_the_live_loss(tmp_path) -> None:
+    """Twelve EMAs of one run are not twelve trials: the interval resamples runs, n_runs says how many; a shadow's
+    checks carry its own values, never the live weights' training loss."""
+    rng = np.random.default_rng(0)
+    run_level = rng.normal(size=8)
+    x = np.repeat(run_level, 5) + rng.normal(scale=0.05, size=40)
+    y = np.repeat(run_level + rng.normal(scale=1.0, size=8), 5)
+    runs = np.repeat(np.arange(8), 5)
+    rho, lo, hi = spearman_ci(x, y, n_boot=500, clusters=runs)
+    rho_rows, lo_rows, hi_rows = spearman_ci(x, y, n_boot=500)
+    assert rho == rho_rows and hi - lo > 1.3 * (hi_rows - lo_rows)  # 8 runs, not 40 rows: a wider interval
+    with_nan = spearman_ci([*x, np.nan], [*y, 0.5], n_boot=500, clusters=[*runs, 99])
+    assert with_nan == (rho, lo, hi)  # a non-finite pair is dropped before ranking and resampling
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checks.jsonl").write_text(json.dumps({"step": 5, "loss": 9.0, "safety_loss": 1.0,
+                                                  "shadow/ema/safety_loss": 2.0}) + "\n")  # fmt: skip
+    trials = pd.DataFrame({"run_dir": [str(run), str(run)], "shadow": [None, "ema"], "steps": [10, 10],
+                           "asr": [0.5, 0.2]})  # fmt: skip
+    checks = load_checks(trials).set_index("trial")
+    assert checks.loc[0, "loss"] == 9.0 and np.isnan(checks.loc[1, "loss"])
+    assert list(checks["safety_loss"]) == [1.0, 2.0]
+    out = early_signals(trials, fractions=(0.5,), n_boot=10).set_index("metric")
+    assert out.loc["safety_loss", "n"] == 2 and out.loc["safety_loss", "n_runs"] == 1
+    assert out.loc["loss", "n"] == 1
+
+
+def test_the_check_actually_used_and_trials_without_a_final_asr_are_reported() -> None:
+    """`at_min`/`at_max`: the fractions of the run the used checks sit at; a missing value at the last check by f
+    drops the trial rather than letting an earlier check stand in; checked trials without a final ASR are counted."""
+    trials = pd.DataFrame({"steps": [38, 38, 38, 40, 38], "asr": [0.1, 0.5, 0.9, 0.3, np.nan]})
+    checks = pd.DataFrame({"trial": [0, 0, 1, 2, 3, 3, 4], "step": [5, 9, 9, 9, 5, 10, 9],
+                           "m": [7.0, 1.0, 2.0, 3.0, 0.5, np.nan, 4.0]})  # fmt: skip
+    out = early_signals(trials, checks, metrics=["m"], fractions=(0.25,), n_boot=50).iloc[0]
+    assert out["n"] == 3  # trial 3's value at step 10 is missing: not replaced by its step-5 value
+    assert out["at_min"] == out["at_max"] == pytest.approx(9 / 38)
+    assert out["no_final"] == 1
+    assert out["spearman"] == pytest.approx(1.0)
