@@ -272,6 +272,7 @@ class TrialChecks:
                  shadows: Sequence[TrainingMethod] = ()) -> None:  # fmt: skip
         self.cfg, self.probe, self.methods, self.model, self.distance = cfg.trial, probe, methods, model, distance
         self.shadows = list(shadows)  # eval.each_shadow: the live weights decide; each shadow is checked beside them
+        self.start_scores: dict[str, float] | None = None  # θ_aligned's check, shared by shadows not yet updated
         self.history: list[dict[str, float]] = []
         self.metrics = list(dict.fromkeys([self.cfg.check_metric, *self.cfg.stop_if]))
         missing = [m for m in self.metrics if m not in probe.available()]
@@ -303,8 +304,13 @@ class TrialChecks:
             self.last = {**self.probe.score(self.model, self.metrics).metrics, **self.distance()}
         row = {"step": step, "loss": loss, **self.last}
         for method in self.shadows:
-            with method.eval_weights():
-                scored = {**self.probe.score(self.model, self.metrics).metrics, **self.distance()}
+            if method.evaluates_start and self.start_scores is not None:
+                scored = {**self.start_scores, "eval_time_s": 0.0}  # e.g. an every-20 EMA at step 9: θ_aligned
+            else:
+                with method.eval_weights():
+                    scored = {**self.probe.score(self.model, self.metrics).metrics, **self.distance()}
+                if method.evaluates_start:
+                    self.start_scores = scored
             row.update({f"shadow/{method.name}/{k}": v for k, v in scored.items()})
         self.history.append(row)
         value = self.last[self.cfg.check_metric]

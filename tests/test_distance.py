@@ -92,7 +92,8 @@ def test_bad_interpolation_grid_is_one_line(tmp_path) -> None:
 @pytest.mark.slow
 def test_each_shadow_scores_every_ema_exactly_as_its_own_run_and_the_live_weights_as_sft(tmp_path, toy_root) -> None:
     """eval.each_shadow: one trajectory, several shadow EMAs — each one's metrics and checks are those of the run
-    with that EMA alone, and the run's result is plain fine-tuning's."""
+    with that EMA alone, and the run's result is plain fine-tuning's. EMAs not updated yet (every 1000) are θ_aligned:
+    a check scores that once and reuses it (the reuse takes no time)."""
     import json
 
     from sweeps.study.metrics import available_metrics
@@ -100,12 +101,15 @@ def test_each_shadow_scores_every_ema_exactly_as_its_own_run_and_the_live_weight
 
     second = "+method.ema_b={_target_:sweeps.methods.EMA,eta:0.5,every:2,convention:old}"
     check = ["trial.check_every=2", "trial.check_metric=utility_loss"]
-    cfg = _trial(tmp_path, ["method=[ema]", second, "eval.each_shadow=true", *check])
+    idle = ["+method.ema_c={_target_:sweeps.methods.EMA,eta:0.5,every:1000}",
+            "+method.ema_d={_target_:sweeps.methods.EMA,eta:0.25,every:1000,convention:old}"]  # fmt: skip
+    cfg = _trial(tmp_path, ["method=[ema]", second, *idle, "eval.each_shadow=true", *check])
     grid = run_trial(cfg, tmp_path / "grid", progress=False)
+    solo_c = run_trial(_trial(tmp_path, ["method=[]", idle[0], *check]), tmp_path / "c", progress=False)
     sft = run_trial(_trial(tmp_path, ["method=[]", *check]), tmp_path / "sft", progress=False)
     solo_b = run_trial(_trial(tmp_path, ["method=[]", second, *check]), tmp_path / "b", progress=False)
-    assert grid["status"] == sft["status"] == solo_b["status"] == "completed"
-    assert grid["shadows"] == ["ema", "ema_b"] and grid["eval_weights"] == "live"
+    assert grid["status"] == sft["status"] == solo_b["status"] == solo_c["status"] == "completed"
+    assert grid["shadows"] == ["ema", "ema_b", "ema_c", "ema_d"] and grid["eval_weights"] == "live"
     scored = [k for k in ("asr", "safety_loss", "over_refusal", "utility_loss", "distance_l2") if k in sft]
     assert len(scored) >= 4
     for k in scored:
@@ -117,12 +121,16 @@ def test_each_shadow_scores_every_ema_exactly_as_its_own_run_and_the_live_weight
     def checks(d):
         return [json.loads(line) for line in (tmp_path / d / "checks.jsonl").read_text().splitlines()]
 
-    for row, alone in zip(checks("grid"), checks("b"), strict=True):
+    for row, alone, idle_alone in zip(checks("grid"), checks("b"), checks("c"), strict=True):
         same = [k for k in alone if k not in ("step", "loss") and not k.endswith("_time_s")]
         assert len(same) >= 3 and {k: row[f"shadow/ema_b/{k}"] for k in same} == {k: alone[k] for k in same}
+        for name in ("ema_c", "ema_d"):  # θ_aligned's check, scored once in the whole run
+            assert {k: row[f"shadow/{name}/{k}"] for k in same} == {k: idle_alone[k] for k in same}
+        assert row["shadow/ema_d/eval_time_s"] == 0.0 and row["shadow/ema_d/distance_l2"] == 0.0
+    assert [r["shadow/ema_c/eval_time_s"] > 0 for r in checks("grid")] == [True] + [False] * (len(checks("c")) - 1)
     for row, alone in zip(checks("grid"), checks("sft"), strict=True):  # the run's own checks: the live weights
         assert all(row[k] == alone[k] for k in alone if k != "loss" and not k.endswith("_time_s"))
     tags = {json.loads(line)["weights"] for line in (tmp_path / "grid" / "generations.jsonl").read_text().splitlines()}
-    assert tags == {"live", "shadow/ema", "shadow/ema_b"}
+    assert tags == {"live", "shadow/ema", "shadow/ema_b", "shadow/ema_c", "shadow/ema_d"}
     numbers = {k for k, v in grid.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     assert available_metrics(cfg) == numbers

@@ -94,6 +94,12 @@ class TrainingMethod:
     def swaps_eval_weights(self) -> bool:
         return False
 
+    @property
+    def evaluates_start(self) -> bool:
+        """True while `eval_weights` would evaluate exactly the weights training started from (θ_aligned): a trial
+        check scores those once and reuses the scores for every such method."""
+        return False
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
 

@@ -131,6 +131,11 @@ class EMA(TrainingMethod):
     def swaps_eval_weights(self) -> bool:
         return self.mode == "shadow"
 
+    @property
+    def evaluates_start(self) -> bool:
+        """A shadow average not updated yet is the fp32 copy of the starting weights (either `init`), bit for bit."""
+        return self.mode == "shadow" and self.updates == 0 and bool(self.params)
+
     @contextlib.contextmanager
     def eval_weights(self) -> Iterator[None]:
         if self.mode == "writeback" or not self.params:
