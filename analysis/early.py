@@ -69,6 +69,8 @@ def spearman_ci(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, leve
     rho = float(spearmanr(x, y).statistic)
     rng = np.random.default_rng(seed)
     members = [np.flatnonzero(keys == k) for k in dict.fromkeys(keys.tolist())]
+    if len(members) < 3:  # one or two runs: every resample is (nearly) the same rows, an interval would be fake
+        return rho, float("nan"), float("nan")
     # ρ is Pearson's r on ranks; scipy's vectorised spearmanr over resamples would warn on every constant one
     boots = []
     for picked in rng.integers(0, len(members), size=(n_boot, len(members))):
@@ -134,7 +136,7 @@ def early_pairs(trials: pd.DataFrame, checks: pd.DataFrame, metric: str, fractio
     for trial, group in checks.groupby("trial"):
         if trial not in final.index or not np.isfinite(final[trial]) or not np.isfinite(steps[trial]):
             continue
-        early = group[group["step"] <= fraction * steps[trial]].sort_values("step")
+        early = group[group["step"] <= fraction * steps[trial]].sort_values("step", kind="stable")
         if not len(early) or metric not in early:
             continue
         last = early.iloc[-1]  # never an earlier check standing in for a missing value at the last one

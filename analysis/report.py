@@ -199,7 +199,7 @@ def _early_entry(trials: pd.DataFrame, out: Path, opts: ReportOptions) -> _Entry
         files = figures.early_signals_figure(pairs, rho, out / "early_signals", shown_at)
     shown = ranked.assign(spearman=[f"{r:.2f} [{lo:.2f}, {hi:.2f}]" for r, lo, hi in
                                     ranked[["spearman", "lo", "hi"]].itertuples(index=False)])  # fmt: skip
-    shown = shown.assign(checked_at=[f"{a:.0%}" if a == b else f"{a:.0%}–{b:.0%}" for a, b in
+    shown = shown.assign(checked_at=[f"{a:.0%}" if f"{a:.0%}" == f"{b:.0%}" else f"{a:.0%}–{b:.0%}" for a, b in
                                      shown[["at_min", "at_max"]].itertuples(index=False)])  # fmt: skip
     shown = shown.drop(columns=["lo", "hi", "at_min", "at_max", "no_final"])
     fractions = " / ".join(f"{f:.0%}" for f in EARLY_FRACTIONS).replace("%", " %")

@@ -99,6 +99,8 @@ def test_rows_of_one_run_are_resampled_together_and_shadows_do_not_inherit_the_l
     assert rho == rho_rows and hi - lo > 1.3 * (hi_rows - lo_rows)  # 8 runs, not 40 rows: a wider interval
     with_nan = spearman_ci([*x, np.nan], [*y, 0.5], n_boot=500, clusters=[*runs, 99])
     assert with_nan == (rho, lo, hi)  # a non-finite pair is dropped before ranking and resampling
+    two_runs = spearman_ci(x, y, n_boot=500, clusters=runs % 2)
+    assert two_runs[0] == rho and np.isnan(two_runs[1:]).all()  # two runs: no interval, not a fake narrow one
 
     run = tmp_path / "run"
     run.mkdir()

@@ -123,6 +123,7 @@ def test_ema_every_k_and_state_round_trip() -> None:
     other.load_state_dict(state)
     for k, v in other.state_dict().items():
         torch.testing.assert_close(v, state[k])
+    assert other.updates == 1 and not other.evaluates_start  # a moved average is never taken for θ_aligned
 
 
 def test_ema_scope_regex_and_lerp_formula() -> None:
@@ -130,6 +131,10 @@ def test_ema_scope_regex_and_lerp_formula() -> None:
     ema = EMA(eta=0.25, include=r"^head\.")
     ema.setup(_ctx(model))
     assert ema.names == ["head.weight", "head.bias"]
+    assert not ema.evaluates_start  # idle, but its eval weights mix the start head with the live body
+    full = EMA(eta=0.25)
+    full.setup(_ctx(model))
+    assert full.evaluates_start  # idle and full scope: exactly the starting weights
     old = model.head.weight.detach().clone()
     with torch.no_grad():
         model.head.weight.add_(4.0)

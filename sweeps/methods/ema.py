@@ -46,6 +46,8 @@ CONVENTIONS = ("new", "old")
 INITS = ("start", "first")
 
 
+UPDATES = "ema/updates"  # the state_dict key of the update count
+
 class EMA(TrainingMethod):
     key = "ema"
     off: ClassVar[dict[str, Any]] = {"eta": 1.0}
@@ -98,6 +100,7 @@ class EMA(TrainingMethod):
         self.params = [p for _, p in named]
         self.shadow = fp32_copy(self.params)
         self.updates = 0
+        self.full_scope = len(named) == len(ctx.params)  # an `include` EMA evaluates a mix of average and live
         self.total_steps = ctx.total_steps
         if self.every == "epoch":
             if ctx.n_examples is None:
@@ -134,7 +137,7 @@ class EMA(TrainingMethod):
     @property
     def evaluates_start(self) -> bool:
         """A shadow average not updated yet is the fp32 copy of the starting weights (either `init`), bit for bit."""
-        return self.mode == "shadow" and self.updates == 0 and bool(self.params)
+        return self.mode == "shadow" and self.updates == 0 and bool(self.params) and self.full_scope
 
     @contextlib.contextmanager
     def eval_weights(self) -> Iterator[None]:
@@ -162,11 +165,13 @@ class EMA(TrainingMethod):
             self.shadow[i] = live
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: s for n, s in zip(self.names, self.shadow, strict=True)}
+        # "/" never occurs in a parameter name: the update count cannot clash with an average
+        return {n: s for n, s in zip(self.names, self.shadow, strict=True)} | {UPDATES: torch.tensor(self.updates)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for i, n in enumerate(self.names):
             self.shadow[i].copy_(state[n])
+        self.updates = int(state[UPDATES])
 
     def metrics(self) -> dict[str, float]:
         # interval: optimiser steps between updates (total / updates when spread evenly)
