@@ -70,9 +70,8 @@ class DER(TrainingMethod):
         self.z = []
         with torch.no_grad():
             for batch, _ in self.stream.in_order():
-                first = first_scored_in(batch["labels"])
-                logits, mask = forward_from(ctx.model, batch, first).logits.float(), response_mask(batch["labels"])
-                self.z += [row[m].cpu() for row, m in zip(logits, mask[:, first:], strict=True)]
+                f, _, _ = _response_logits(ctx.model, batch)  # rows in batch order: split back per example
+                self.z += [z.float().cpu() for z in f.split(response_mask(batch["labels"]).sum(1).tolist())]
 
     def replay(self, model: nn.Module, drawn: tuple[dict, torch.Tensor, torch.Tensor, int] | None = None,
                ) -> torch.Tensor | None:  # fmt: skip

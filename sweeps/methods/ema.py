@@ -44,9 +44,8 @@ log = logging.getLogger(__name__)
 MODES = ("shadow", "writeback")
 CONVENTIONS = ("new", "old")
 INITS = ("start", "first")
-
-
 UPDATES = "ema/updates"  # the state_dict key of the update count
+
 
 class EMA(TrainingMethod):
     key = "ema"
