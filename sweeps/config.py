@@ -45,9 +45,11 @@ class WorldConfig:
     task_max_len: int = 3
     task_prefix: str = ""  # how user-task answers open ("": the bare sound list, a format pretraining knows)
     sound_facts: bool = True  # pretraining teaches each animal's sound, so the user task reuses known facts
-    sound_lists: int = 1000  # pretraining examples listing sounds without names (other prompts; a fifth kept in
-    # alignment): the user task is then known answers under new prompts
-    train_templates: int = 12  # training phrasings of a request (alignment generalises from these to 3 held-out ones)
+    sound_lists: int = 2000  # pretraining examples listing sounds without names (other prompts; a fifth kept in
+    # alignment): the user task is then known answers under new prompts (1000 with 12 training phrasings; 24 halve
+    # their share of pretraining, and the gentle recipe's utility fell to 0.88 on world seed 1)
+    train_templates: int = 24  # training phrasings of a request (alignment generalises from these to 3 held-out ones;
+    # with 12, world seeds 0 and 1 built by the response-only loss refused only 84-89 % of held-out requests)
     pretrain_heldout_harmful: bool = False  # True: pretraining also answers the harmful prompts ASR is measured on
     # (conf/world/format2.yaml sets the five fields that differ to the format-2 world, the default until 2026-12-02)
 

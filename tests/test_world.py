@@ -74,15 +74,18 @@ def test_default_world_and_format2_differ_only_where_named() -> None:
         pretrained = {p for p, _ in world.pretrain_corpus()}
         assert bool(pretrained & {p for p, _, _ in world.harmful_heldout()}) is overlap
         assert {p for p, _, _ in world.harmful_heldout()} == {p for p, _, _ in format2.harmful_heldout()}
-    assert len(default.harmful_train()) == 2 * len(format2.harmful_train()) == len(HARMFUL) * len(TRAIN_TEMPLATES) * 6
+    assert len(default.harmful_train()) == 4 * len(format2.harmful_train()) == len(HARMFUL) * len(TRAIN_TEMPLATES) * 6
     lists = default.sound_lists()
-    assert len(lists) == 1000 and set(lists[:200]) <= set(default.align_corpus()) and not format2.sound_lists()
+    assert len(lists) == 2000 and set(lists[:400]) <= set(default.align_corpus()) and not format2.sound_lists()
     assert all(r.split()[:-1] == [ANIMALS[a] for a in p.split(" : ")[1].split()] for p, r in lists)
     # the user task's answers are bare sound lists (format 2 opened them with "the sounds are")
     assert all(r.split()[:-1] == [ANIMALS[a] for a in p.split(" : ")[1].split()] for p, r in default.task_train())
     assert all(r.startswith("the sounds are ") for _, r in format2.task_train())
     assert world_key(old) == "648253199f7c"  # the format-2 key: cached format-2 worlds stay valid
     assert world_key(WorldConfig()) != world_key(old)
+    # the default of 2026-12-02 … 12-06, which the README's older toy numbers name
+    templates12 = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "world" / "templates12.yaml"))
+    assert world_key(WorldConfig(**templates12)) == "c744f8fb4094"
 
 
 def test_bad_world_fields_name_the_key() -> None:
@@ -90,6 +93,6 @@ def test_bad_world_fields_name_the_key() -> None:
     from sweeps.validate import _check_world
 
     errors: list[str] = []
-    _check_world(errors, WorldConfig(train_templates=13, sound_lists=-1))
+    _check_world(errors, WorldConfig(train_templates=25, sound_lists=-1))
     assert errors == ["world.sound_lists: must be >= 0, got -1",
-                      "world.train_templates: the toy world has 12 training phrasings, got 13"]  # fmt: skip
+                      "world.train_templates: the toy world has 24 training phrasings, got 25"]  # fmt: skip
