@@ -96,3 +96,31 @@ def test_bad_world_fields_name_the_key() -> None:
     _check_world(errors, WorldConfig(train_templates=25, sound_lists=-1))
     assert errors == ["world.sound_lists: must be >= 0, got -1",
                       "world.train_templates: the toy world has 24 training phrasings, got 25"]  # fmt: skip
+
+
+def test_a_world_cached_by_other_code_is_named_stale(tmp_path, caplog, monkeypatch) -> None:
+    """The key leaves the building code out; a cached world built by other code (or torch) is logged as such."""
+    import json
+    import logging
+
+    import torch
+
+    from sweeps.config import WorldConfig
+    from sweeps.toyworld._build import build_fingerprint, ensure_world, stale_build, world_key
+
+    cfg = WorldConfig()
+    root = tmp_path / f"toyworld-{world_key(cfg)}"
+    (root / "aligned").mkdir(parents=True)
+    (root / "aligned" / "config.json").write_text("{}")  # a cached world: ensure_world builds nothing
+    (root / "world.json").write_text(json.dumps({"built_with": {"code": build_fingerprint()}}))
+    with caplog.at_level(logging.WARNING, logger="sweeps.toyworld._build"):
+        assert ensure_world(cfg, tmp_path) == root and stale_build(root) is None
+    assert not caplog.records
+    monkeypatch.setattr(torch, "__version__", "0.0-other")  # another torch builds other bits too
+    assert "code " + json.loads((root / "world.json").read_text())["built_with"]["code"] in stale_build(root)
+    monkeypatch.undo()
+    (root / "world.json").write_text(json.dumps({"built_with": {"threads": 2}}))  # built before the code was recorded
+    with caplog.at_level(logging.WARNING, logger="sweeps.toyworld._build"):
+        ensure_world(cfg, tmp_path)
+        ensure_world(cfg, tmp_path)
+    assert len(caplog.records) == 1 and "code not recorded" in caplog.text and "delete the folder" in caplog.text

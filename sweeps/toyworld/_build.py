@@ -38,6 +38,35 @@ CHAT_TEMPLATE = (
 _KEYLESS_DEFAULTS = {"sound_lists": 0, "train_templates": 6, "pretrain_heldout_harmful": True}
 
 
+# The code whose arithmetic decides a built world's bits. The key leaves it out (a world is defined by its config), so a
+# cached world may come from other code: a change of loss arithmetic alone (2026-12-06) built a world that failed the
+# tests CI built it for while the cached one passed here. `stale_build` says when the cache is from other code.
+_BUILD_SOURCES = ("config.py", "formatting.py", "lm_loss.py", "loop.py", "toyworld/_build.py", "toyworld/_world.py")
+
+
+def build_fingerprint() -> str:
+    """A hash of the sources in `_BUILD_SOURCES` and the torch version: what a fresh build here would be built by."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(torch.__version__.encode())
+    for name in _BUILD_SOURCES:
+        digest.update((package / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def stale_build(root: Path) -> str | None:
+    """Why the cached world at `root` may differ from what this code builds today, or None (same code)."""
+    try:
+        built = json.loads((root / "world.json").read_text()).get("built_with", {})
+    except (OSError, ValueError):
+        built = {}
+    code = built.get("code")
+    if code == build_fingerprint():
+        return None
+    which = f"code {code}" if code else "code not recorded (built before 2026-12-06)"
+    return (f"toy world {root} was built by other code ({which}; now {build_fingerprint()}): its weights may differ "
+            f"from a fresh build, as on a CI machine — delete the folder to rebuild it")
+
+
 def world_key(cfg: WorldConfig) -> str:
     fields = {k: v for k, v in cfg.to_dict().items() if _KEYLESS_DEFAULTS.get(k, object()) != v}
     blob = json.dumps({"world": fields, "format": FORMAT_VERSION}, sort_keys=True)
@@ -79,10 +108,16 @@ def _stage(model, tok, pairs, steps: int, lr: float, cfg: WorldConfig, name: str
     return result.final_loss
 
 
+_WARNED: set[Path] = set()  # stale cached worlds already logged in this process
+
+
 def ensure_world(cfg: WorldConfig, cache_dir: str | os.PathLike) -> Path:
     """Return the world's cache folder (with base/ and aligned/ HF model dirs), building it if absent."""
     root = Path(cache_dir) / f"toyworld-{world_key(cfg)}"
     if (root / "aligned" / "config.json").exists():
+        if (why := stale_build(root)) is not None and root not in _WARNED:
+            _WARNED.add(root)
+            log.warning(why)
         return root
     log.info("building toy world %s (once; cached in %s)", world_key(cfg), root)
     t0 = time.time()
@@ -99,7 +134,8 @@ def ensure_world(cfg: WorldConfig, cache_dir: str | os.PathLike) -> Path:
         model.save_pretrained(tmp / "aligned", safe_serialization=True)
         tok.save_pretrained(tmp / "aligned")
         # the weights follow the float rounding of the machine and thread count that built them: record both
-        built = {"threads": torch.get_num_threads(), "torch": torch.__version__, "seconds": round(time.time() - t0, 1)}
+        built = {"threads": torch.get_num_threads(), "torch": torch.__version__, "code": build_fingerprint(),
+                 "seconds": round(time.time() - t0, 1)}
         (tmp / "world.json").write_text(json.dumps({"key": world_key(cfg), **cfg.to_dict(), "built_with": built},
                                                    indent=2))
         try:
