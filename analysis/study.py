@@ -14,8 +14,9 @@ is that study's row: its runs are reused (run first where missing), never repeat
 2. run    each row's missing seeds as one `python -m sweeps.train -m ... seed=0,1,2 hydra/launcher=basic` subprocess
           into `<out>/<row>/seed_<k>/` (its log in `<out>/<row>/driver.log`); a seed whose metrics.json has a final
           status (completed, diverged, pruned) is skipped, so rerunning resumes. A finished run whose recorded
-          overrides (`.hydra/overrides.yaml`) are not the row's current ones is one error line, never reused: an
-          edited study config or a `--set` needs its own `--out`.
+          overrides (`.hydra/overrides.yaml`) are not the row's current ones, or whose toy world is not the one the
+          row now gets, is one error line, never reused: an edited study config, a `--set` or a new default world
+          needs its own `--out`.
 3. report `<out>/table.{csv,tex,md}` (mean ± 95 % Student-t CI over seeds, a 95 % bootstrap CI over prompts from
           generations.jsonl, the paper's number beside ours) and `<out>/figure.{pdf,png}`.
 """
@@ -248,15 +249,46 @@ def _task_overrides(overrides: Sequence[str]) -> dict[str, tuple[Any, str]]:
     return {o.get_key_element(): (o.value(), text) for o, text in zip(parsed, kept, strict=True)}
 
 
+def _run_world_key(config_file: Path) -> str | None:
+    from sweeps.toyworld import run_world_key
+
+    return run_world_key(yaml.safe_load(config_file.read_text()) or {})
+
+
+def _current_world_key(job: Job) -> str | None:
+    """The toy world this job would run on today (the default world can change under unchanged overrides)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sweeps.toyworld import run_world_key
+
+    overrides = [o for o in job.overrides if not o.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            config = OmegaConf.to_container(compose(config_name="train", overrides=overrides), resolve=False)
+    except Exception:  # a row that does not compose is `check`'s one-line error, not this one's
+        return None
+    return run_world_key(config)
+
+
 def check_reuse(jobs: Sequence[Job], seeds: Sequence[int]) -> None:
-    """A run dir is reused (skipped, or read into the table) only if it was run with the job's overrides: a changed
-    study config or `--set` would otherwise be reported with runs of the old settings, silently."""
+    """A run dir is reused (skipped, or read into the table) only if it was run with the job's overrides and, on the
+    toy world, on the same world: a changed study config, a `--set` or a new default world would otherwise be
+    reported with runs of the old settings, silently."""
     for job in {job.root: job for job in jobs}.values():
         want = _task_overrides(job.overrides)
+        world_now: list[str | None] = []  # composed once per job, when a finished run needs it
         for seed in seeds:
             recorded = run_dir(job, seed) / ".hydra" / "overrides.yaml"
             if not finished(job, seed) or not recorded.is_file():  # anything else is rerun, not reused
                 continue
+            config_file = run_dir(job, seed) / ".hydra" / "config.yaml"
+            if config_file.is_file() and (world_then := _run_world_key(config_file)):
+                world_now = world_now or [_current_world_key(job)]
+                if world_now[0] not in (None, world_then):
+                    raise AnalysisError(f"row '{job.row.name}': {run_dir(job, seed)} was run on toy world "
+                                        f"{world_then}, the row now runs on {world_now[0]}: give this study its own "
+                                        "--out, or remove that folder to rerun it")  # fmt: skip
             got = _task_overrides(yaml.safe_load(recorded.read_text()) or [])
             values = {k: v for k, (v, _) in want.items()}
             if {k: v for k, (v, _) in got.items()} != values:

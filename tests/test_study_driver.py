@@ -14,6 +14,8 @@ import yaml
 
 from analysis import study
 from analysis.errors import AnalysisError
+from sweeps.config import WorldConfig
+from sweeps.toyworld import world_key
 from tests.conftest import CACHE_DIR, shared_file
 
 # a few prompts and steps: the driver is under test, not the science
@@ -84,6 +86,23 @@ def test_driver_end_to_end_on_the_toy_world_then_resumes(tmp_path, monkeypatch, 
         assert len(err.splitlines()) == 1 and "was run with other overrides (now optim.lr=1e-3" in err, err
         assert _stamps(out) == stamps  # nothing ran
     _write_study(confs, "tiny", yaml.safe_load(first_study))
+
+    # ... nor runs made on another toy world (the default world changed under the same overrides)
+    config_file = out / "ewc" / "seed_0" / ".hydra" / "config.yaml"
+    first_config = config_file.read_text()
+    config = yaml.safe_load(first_config)
+    assert str(config["model"]["name_or_path"]).startswith("toy")
+    config["world"]["train_templates"] = 12
+    config_file.write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert study.main([str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    then = world_key(WorldConfig(**config["world"]))
+    now = world_key(WorldConfig(**yaml.safe_load(first_config)["world"]))
+    assert len(err.splitlines()) == 1 and "row 'ewc'" in err, err
+    assert f"was run on toy world {then}, the row now runs on {now}" in err and then != now, err
+    assert _stamps(out) == stamps
+    config_file.write_text(first_config)
 
     # a `from` row of another study reads these runs and runs nothing
     other = _write_study(confs, "reuse", {"title": "reuse", "seeds": [0],

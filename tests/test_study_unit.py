@@ -288,6 +288,42 @@ def test_shipped_search_spaces_pass_the_sweeper_checks(tmp_path, name: str) -> N
     assert sweep.space and sweep.study.metric_names == list(sweep.objectives)
 
 
+def test_a_study_whose_trials_ran_on_another_toy_world_is_not_resumed(tmp_path) -> None:
+    """The default world can change under the same overrides (2026-12-06): resuming would mix worlds, silently."""
+    import yaml
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sweeps.config import WorldConfig
+    from sweeps.toyworld import world_key
+    from sweeps.validate import to_train_config
+
+    def trial_config(overrides: list[str]):
+        return to_train_config(compose("train", ["search_space=toy_study", *overrides]))
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        sweeper = compose("train", ["search_space=toy_study"], return_hydra_config=True).hydra.sweeper
+        settings = SweepSettings(**{k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                                    for k, v in sweeper.items() if k != "_target_"})  # fmt: skip
+        sweep = Sweep(settings, [], tmp_path, compose=trial_config)
+        run_dir = tmp_path / "0"
+        (run_dir / ".hydra").mkdir(parents=True)
+        sweep.study.add_trial(optuna.trial.create_trial(
+            params=probe_points(sweep.space)[0], distributions=sweep.space, values=[0.5] * len(sweep.objectives),
+            user_attrs={"run_dir": str(run_dir)}))  # fmt: skip
+        old = {"seed": 0, "train_templates": 12, "sound_lists": 1000}  # the default world until 2026-12-06
+        recorded = run_dir / ".hydra" / "config.yaml"
+        recorded.write_text(yaml.safe_dump({"model": {"name_or_path": "toy"}, "world": old}))
+        with pytest.raises(SweepError, match="its trials ran on toy world ") as e:
+            Sweep(settings, [], tmp_path, compose=trial_config)
+        then, now = world_key(WorldConfig(**old)), world_key(WorldConfig())
+        assert f"toy world {then} (trial 0's" in str(e.value) and f"new ones would run on {now};" in str(e.value)
+        # the same world, or a model that is not the toy world's: resumed
+        for model, world in (("toy", {"seed": 0}), ("HuggingFaceTB/SmolLM2-135M-Instruct", old)):
+            recorded.write_text(yaml.safe_dump({"model": {"name_or_path": model}, "world": world}))
+            assert len(Sweep(settings, [], tmp_path, compose=trial_config).study.trials) == 1
+
+
 def test_result_of_a_trial_taken_over_meanwhile_is_not_recorded(tmp_path) -> None:
     sweep = Sweep(SweepSettings(study_name="o", n_trials=1), ["x=interval(0.0, 1.0)"], tmp_path)
     taken: list[int] = []

@@ -421,6 +421,17 @@ Compose = Callable[[list[str]], Any]
 Validate = Callable[[Any], list[str]]
 
 
+def _as_dict(config: Any) -> dict[str, Any]:
+    """A composed trial config (a TrainConfig dataclass or an OmegaConf node) as plain containers."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    if dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    return OmegaConf.to_container(config) if OmegaConf.is_config(config) else dict(config)
+
+
 def _one_error(errors: list[str]) -> SweepError:
     errors = list(dict.fromkeys(errors))
     return SweepError(errors[0] if len(errors) == 1 else "invalid sweeper config:\n  " + "\n  ".join(errors))
@@ -459,6 +470,7 @@ class Sweep:
             directions=list(self.objectives.values()), load_if_exists=True,
         )  # fmt: skip
         self._check_fingerprint()
+        self._check_world(compose)
         self.worker = uuid.uuid4().hex[:8]
 
     def _nothing_to_do(self) -> bool:
@@ -534,6 +546,31 @@ class Sweep:
                 f"study '{self.s.study_name}' in {self.url} was run with a different {', '.join(changed)}; "
                 "continue it with the same command, or start a new study (hydra.sweeper.study_name=...)"
             )
+
+    def _check_world(self, compose: Compose | None) -> None:
+        """A study's trials run on one toy world. The fingerprint sees overrides, not the default world, which can
+        change under them (2026-12-06): a resumed study would then mix worlds, and a finished one report the old."""
+        if compose is None or any(k == "world" or k.startswith("world.") for k in self.space):
+            return
+        done = next((t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if t.user_attrs.get("run_dir")), None)  # fmt: skip
+        recorded = Path(done.user_attrs["run_dir"]) / ".hydra" / "config.yaml" if done else None
+        if recorded is None or not recorded.is_file():
+            return
+        import yaml
+
+        from sweeps.toyworld import run_world_key
+
+        then = run_world_key(yaml.safe_load(recorded.read_text()) or {})
+        try:
+            config = compose(self._overrides(dict(done.params)))
+        except ComposeError:
+            return  # the trial-config checks say what is wrong with the overrides
+        now = run_world_key(_as_dict(config))
+        if then is not None and now is not None and then != now:
+            raise SweepError(f"study '{self.s.study_name}' in {self.url}: its trials ran on toy world {then} (trial "
+                             f"{done.number}'s {recorded}), new ones would run on {now}; start a new study "
+                             "(hydra.sweeper.study_name=..., or another hydra.sweep.dir)")  # fmt: skip
 
     def _sampler(self, offset: int) -> optuna.samplers.BaseSampler:
         seed = None if self.s.seed is None else int(self.s.seed) + offset

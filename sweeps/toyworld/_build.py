@@ -9,7 +9,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -71,6 +74,15 @@ def world_key(cfg: WorldConfig) -> str:
     fields = {k: v for k, v in cfg.to_dict().items() if _KEYLESS_DEFAULTS.get(k, object()) != v}
     blob = json.dumps({"world": fields, "format": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_world_key(config: Mapping[str, Any]) -> str | None:
+    """The toy world a trial config (a run's `.hydra/config.yaml`, or a composed config as a dict) runs on: its cache
+    key, or None when its model is not the toy world's. Fields this code does not know are left out."""
+    if not str((config.get("model") or {}).get("name_or_path", "")).startswith("toy"):
+        return None
+    known = {f.name for f in fields(WorldConfig)}
+    return world_key(WorldConfig(**{k: v for k, v in (config.get("world") or {}).items() if k in known}))
 
 
 def build_tokenizer(world: World) -> PreTrainedTokenizerFast:
