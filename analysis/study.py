@@ -249,12 +249,6 @@ def _task_overrides(overrides: Sequence[str]) -> dict[str, tuple[Any, str]]:
     return {o.get_key_element(): (o.value(), text) for o, text in zip(parsed, kept, strict=True)}
 
 
-def _run_world_key(config_file: Path) -> str | None:
-    from sweeps.toyworld import run_world_key
-
-    return run_world_key(yaml.safe_load(config_file.read_text()) or {})
-
-
 def _current_world_key(job: Job) -> str | None:
     """The toy world this job would run on today (the default world can change under unchanged overrides)."""
     from hydra import compose, initialize_config_dir
@@ -275,6 +269,8 @@ def check_reuse(jobs: Sequence[Job], seeds: Sequence[int]) -> None:
     """A run dir is reused (skipped, or read into the table) only if it was run with the job's overrides and, on the
     toy world, on the same world: a changed study config, a `--set` or a new default world would otherwise be
     reported with runs of the old settings, silently."""
+    from sweeps.toyworld import run_world_key
+
     for job in {job.root: job for job in jobs}.values():
         want = _task_overrides(job.overrides)
         world_now: list[str | None] = []  # composed once per job, when a finished run needs it
@@ -283,7 +279,7 @@ def check_reuse(jobs: Sequence[Job], seeds: Sequence[int]) -> None:
             if not finished(job, seed) or not recorded.is_file():  # anything else is rerun, not reused
                 continue
             config_file = run_dir(job, seed) / ".hydra" / "config.yaml"
-            if config_file.is_file() and (world_then := _run_world_key(config_file)):
+            if config_file.is_file() and (world_then := run_world_key(yaml.safe_load(config_file.read_text()) or {})):
                 world_now = world_now or [_current_world_key(job)]
                 if world_now[0] not in (None, world_then):
                     raise AnalysisError(f"row '{job.row.name}': {run_dir(job, seed)} was run on toy world "

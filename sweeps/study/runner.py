@@ -7,6 +7,7 @@ each, so the loop is testable on its own and the plugin in hydra_plugins/ stays 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.distributions import BaseDistribution
 from optuna.trial import Trial, TrialState
 
@@ -423,8 +425,6 @@ Validate = Callable[[Any], list[str]]
 
 def _as_dict(config: Any) -> dict[str, Any]:
     """A composed trial config (a TrainConfig dataclass or an OmegaConf node) as plain containers."""
-    import dataclasses
-
     from omegaconf import OmegaConf
 
     if dataclasses.is_dataclass(config):
@@ -557,9 +557,7 @@ class Sweep:
         recorded = Path(done.user_attrs["run_dir"]) / ".hydra" / "config.yaml" if done else None
         if recorded is None or not recorded.is_file():
             return
-        import yaml
-
-        from sweeps.toyworld import run_world_key
+        from sweeps.toyworld import run_world_key  # torch: the plugin that calls this has it loaded already
 
         then = run_world_key(yaml.safe_load(recorded.read_text()) or {})
         try:

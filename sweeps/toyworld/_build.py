@@ -62,17 +62,17 @@ def stale_build(root: Path) -> str | None:
         built = json.loads((root / "world.json").read_text()).get("built_with", {})
     except (OSError, ValueError):
         built = {}
-    code = built.get("code")
-    if code == build_fingerprint():
+    code, now = built.get("code"), build_fingerprint()
+    if code == now:
         return None
     which = f"code {code}" if code else "code not recorded (built before 2026-12-06)"
-    return (f"toy world {root} was built by other code ({which}; now {build_fingerprint()}): its weights may differ "
+    return (f"toy world {root} was built by other code ({which}; now {now}): its weights may differ "
             f"from a fresh build, as on a CI machine — delete the folder to rebuild it")
 
 
 def world_key(cfg: WorldConfig) -> str:
-    fields = {k: v for k, v in cfg.to_dict().items() if _KEYLESS_DEFAULTS.get(k, object()) != v}
-    blob = json.dumps({"world": fields, "format": FORMAT_VERSION}, sort_keys=True)
+    keyed = {k: v for k, v in cfg.to_dict().items() if _KEYLESS_DEFAULTS.get(k, object()) != v}
+    blob = json.dumps({"world": keyed, "format": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
