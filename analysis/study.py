@@ -249,12 +249,13 @@ def _task_overrides(overrides: Sequence[str]) -> dict[str, tuple[Any, str]]:
     return {o.get_key_element(): (o.value(), text) for o, text in zip(parsed, kept, strict=True)}
 
 
-def _current_world_key(job: Job) -> str | None:
-    """The toy world this job would run on today (the default world can change under unchanged overrides)."""
+def _current_start_key(job: Job) -> str | None:
+    """The weights this job would start from today (the default toy world or alignment recipe can change under
+    unchanged overrides)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from sweeps.toyworld import run_world_key
+    from sweeps.resolve import run_start_key
 
     overrides = [o for o in job.overrides if not o.lstrip("+~").startswith("hydra")]
     try:
@@ -262,29 +263,29 @@ def _current_world_key(job: Job) -> str | None:
             config = OmegaConf.to_container(compose(config_name="train", overrides=overrides), resolve=False)
     except Exception:  # a row that does not compose is `check`'s one-line error, not this one's
         return None
-    return run_world_key(config)
+    return run_start_key(config)
 
 
 def check_reuse(jobs: Sequence[Job], seeds: Sequence[int]) -> None:
-    """A run dir is reused (skipped, or read into the table) only if it was run with the job's overrides and, on the
-    toy world, on the same world: a changed study config, a `--set` or a new default world would otherwise be
-    reported with runs of the old settings, silently."""
-    from sweeps.toyworld import run_world_key
+    """A run dir is reused (skipped, or read into the table) only if it was run with the job's overrides and from the
+    same starting weights (toy world, alignment recipe): a changed study config, a `--set`, a new default world or
+    alignment mix would otherwise be reported with runs of the old settings, silently."""
+    from sweeps.resolve import run_start_key
 
     for job in {job.root: job for job in jobs}.values():
         want = _task_overrides(job.overrides)
-        world_now: list[str | None] = []  # composed once per job, when a finished run needs it
+        start_now: list[str | None] = []  # composed once per job, when a finished run needs it
         for seed in seeds:
             recorded = run_dir(job, seed) / ".hydra" / "overrides.yaml"
             if not finished(job, seed) or not recorded.is_file():  # anything else is rerun, not reused
                 continue
             config_file = run_dir(job, seed) / ".hydra" / "config.yaml"
-            if config_file.is_file() and (world_then := run_world_key(yaml.safe_load(config_file.read_text()) or {})):
-                world_now = world_now or [_current_world_key(job)]
-                if world_now[0] not in (None, world_then):
-                    raise AnalysisError(f"row '{job.row.name}': {run_dir(job, seed)} was run on toy world "
-                                        f"{world_then}, the row now runs on {world_now[0]}: give this study its own "
-                                        "--out, or remove that folder to rerun it")  # fmt: skip
+            if config_file.is_file() and (start_then := run_start_key(yaml.safe_load(config_file.read_text()) or {})):
+                start_now = start_now or [_current_start_key(job)]
+                if start_now[0] not in (None, start_then):
+                    raise AnalysisError(f"row '{job.row.name}': {run_dir(job, seed)} was run on {start_then}, the "
+                                        f"row now runs on {start_now[0]}: give this study its own --out, or remove "
+                                        "that folder to rerun it")  # fmt: skip
             got = _task_overrides(yaml.safe_load(recorded.read_text()) or [])
             values = {k: v for k, (v, _) in want.items()}
             if {k: v for k, (v, _) in got.items()} != values:

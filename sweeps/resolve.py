@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from sweeps.alignment import ensure_aligned
-from sweeps.config import ConfigError, DataConfig, ModelConfig, WorldConfig
+from sweeps.alignment import align_key, ensure_aligned
+from sweeps.config import ConfigError, DataConfig, ModelConfig, TrainConfig, WorldConfig
 from sweeps.data import Example, load_examples, mix_counts, mix_examples
 from sweeps.models import resolve_package
 from sweeps.scoring.scorer import EvalSets
-from sweeps.toyworld import World, ensure_world, toy_examples
+from sweeps.toyworld import World, ensure_world, run_world_key, toy_examples
 
 DATA_ROLES = ("train", "utility", "harmful", "refusal", "compliance", "overrefusal")
 
@@ -48,6 +50,24 @@ def resolve_model(model: ModelConfig, data: DataConfig, world: WorldConfig | dic
             model = dataclasses.replace(model, name_or_path=str(root / "aligned"))
     model = ensure_aligned(resolve_package(model), data, cache_dir, progress=progress)
     return toy, root, model
+
+
+def run_start_key(config: Mapping[str, Any]) -> str | None:
+    """The weights a run starts from, as far as its config (a run's `.hydra/config.yaml`, or a composed config as a
+    dict) decides them: `toy world <key>` or `alignment <key>` (the cache folder's), None for weights loaded as they
+    are or a config this code cannot read. Studies compare it between a finished run and one they would start now:
+    the default world or alignment recipe can change under unchanged overrides, and results must not mix."""
+    if (world := run_world_key(config)) is not None:
+        return f"toy world {world}"
+    if not ((config.get("model") or {}).get("align") or {}).get("enabled"):
+        return None
+    from omegaconf import OmegaConf
+
+    try:
+        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), dict(config)))
+        return f"alignment {align_key(resolve_package(typed.model), typed.data)}"
+    except Exception:  # an older schema, a missing package or data file: unknown, so not compared
+        return None
 
 
 def load_data(d: DataConfig, world: World | None) -> tuple[list[Example], EvalSets]:

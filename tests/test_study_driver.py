@@ -100,7 +100,7 @@ def test_driver_end_to_end_on_the_toy_world_then_resumes(tmp_path, monkeypatch, 
     then = world_key(WorldConfig(**config["world"]))
     now = world_key(WorldConfig(**yaml.safe_load(first_config)["world"]))
     assert len(err.splitlines()) == 1 and "row 'ewc'" in err, err
-    assert f"was run on toy world {then}, the row now runs on {now}" in err and then != now, err
+    assert f"was run on toy world {then}, the row now runs on toy world {now}" in err and then != now, err
     assert _stamps(out) == stamps
     config_file.write_text(first_config)
 

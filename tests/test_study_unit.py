@@ -317,11 +317,47 @@ def test_a_study_whose_trials_ran_on_another_toy_world_is_not_resumed(tmp_path) 
         with pytest.raises(SweepError, match="its trials ran on toy world ") as e:
             Sweep(settings, [], tmp_path, compose=trial_config)
         then, now = world_key(WorldConfig(**old)), world_key(WorldConfig())
-        assert f"toy world {then} (trial 0's" in str(e.value) and f"new ones would run on {now};" in str(e.value)
+        message = str(e.value)
+        assert f"toy world {then} (trial 0's" in message and f"new ones would run on toy world {now};" in message
         # the same world, or a model that is not the toy world's: resumed
         for model, world in (("toy", {"seed": 0}), ("HuggingFaceTB/SmolLM2-135M-Instruct", old)):
             recorded.write_text(yaml.safe_dump({"model": {"name_or_path": model}, "world": world}))
             assert len(Sweep(settings, [], tmp_path, compose=trial_config).study.trials) == 1
+
+
+def test_the_start_key_names_the_alignment_recipe_and_data_a_run_starts_from(tmp_path) -> None:
+    """A SmolLM2-style run starts from the alignment stage's cache: a changed mix or data file is another start (the
+    key of its cache folder), so studies do not mix or reuse runs across it; a plain model has none."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sweeps.alignment import align_key
+    from sweeps.resolve import run_start_key
+    from sweeps.validate import to_train_config
+
+    refusal, benign = tmp_path / "refusal.json", tmp_path / "benign.json"
+    refusal.write_text(json.dumps([{"instruction": f"harm {i}", "input": "", "output": "No."} for i in range(5)]))
+    benign.write_text(json.dumps([{"instruction": f"task {i}", "input": "", "output": "Sure."} for i in range(5)]))
+    overrides = ["model.name_or_path=/nowhere/base", "model.align.enabled=true",
+                 "+dataset@model.align.refusal=safeinstr_refusal", f"model.align.refusal.path={refusal}",
+                 "+dataset@model.align.benign=alpaca_align", f"model.align.benign.path={benign}",
+                 "model.align.benign.stop=null", "model.align.refusal.stop=null"]  # fmt: skip
+
+    def key_of(extra: list[str]) -> tuple[str | None, str]:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            config = compose("train", overrides + extra)
+        typed = to_train_config(config)
+        return run_start_key(OmegaConf.to_container(config, resolve=False)), align_key(typed.model, typed.data)
+
+    start, key = key_of([])
+    assert start == f"alignment {key}"
+    assert key_of(["model.align.refusal.limit=3"])[0] not in (None, start)  # another mix
+    refusal.write_text(refusal.read_text().replace("harm 4", "harm four"))
+    assert key_of([])[0] not in (None, start)  # the same config, other data: the content decides
+    assert key_of(["model.align.enabled=false"])[0] is None  # weights loaded as they are
+    assert run_start_key({"model": {"name_or_path": "x", "align": {"enabled": True, "no_such_key": 1}}}) is None
 
 
 def test_result_of_a_trial_taken_over_meanwhile_is_not_recorded(tmp_path) -> None:

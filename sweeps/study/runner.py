@@ -470,7 +470,7 @@ class Sweep:
             directions=list(self.objectives.values()), load_if_exists=True,
         )  # fmt: skip
         self._check_fingerprint()
-        self._check_world(compose)
+        self._check_start(compose)
         self.worker = uuid.uuid4().hex[:8]
 
     def _nothing_to_do(self) -> bool:
@@ -547,26 +547,27 @@ class Sweep:
                 "continue it with the same command, or start a new study (hydra.sweeper.study_name=...)"
             )
 
-    def _check_world(self, compose: Compose | None) -> None:
-        """A study's trials run on one toy world. The fingerprint sees overrides, not the default world, which can
-        change under them (2026-12-06): a resumed study would then mix worlds, and a finished one report the old."""
-        if compose is None or any(k == "world" or k.startswith("world.") for k in self.space):
+    def _check_start(self, compose: Compose | None) -> None:
+        """A study's trials start from one set of weights. The fingerprint sees overrides, not the default toy world
+        or alignment recipe, which can change under them (the world did on 2026-12-06): a resumed study would then
+        mix starting points, and a finished one report the old."""
+        if compose is None or any(k == "world" or k.startswith(("world.", "model.align")) for k in self.space):
             return
         done = next((t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                      if t.user_attrs.get("run_dir")), None)  # fmt: skip
         recorded = Path(done.user_attrs["run_dir"]) / ".hydra" / "config.yaml" if done else None
         if recorded is None or not recorded.is_file():
             return
-        from sweeps.toyworld import run_world_key  # torch: the plugin that calls this has it loaded already
+        from sweeps.resolve import run_start_key  # torch: the plugin that calls this has it loaded already
 
-        then = run_world_key(yaml.safe_load(recorded.read_text()) or {})
+        then = run_start_key(yaml.safe_load(recorded.read_text()) or {})
         try:
             config = compose(self._overrides(dict(done.params)))
         except ComposeError:
             return  # the trial-config checks say what is wrong with the overrides
-        now = run_world_key(_as_dict(config))
+        now = run_start_key(_as_dict(config))
         if then is not None and now is not None and then != now:
-            raise SweepError(f"study '{self.s.study_name}' in {self.url}: its trials ran on toy world {then} (trial "
+            raise SweepError(f"study '{self.s.study_name}' in {self.url}: its trials ran on {then} (trial "
                              f"{done.number}'s {recorded}), new ones would run on {now}; start a new study "
                              "(hydra.sweeper.study_name=..., or another hydra.sweep.dir)")  # fmt: skip
 
