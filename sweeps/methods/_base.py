@@ -54,6 +54,7 @@ class TrainingMethod:
     off: ClassVar[dict[str, Any]] = {}  # arguments that make the method plain fine-tuning (the contract test)
     term: ClassVar[str] = ""  # its metrics() key that is non-zero once the method acts (the contract test)
     lora_only: ClassVar[bool] = False  # acts on LoRA adapters only: full fine-tuning is a config error
+    uses_base: ClassVar[bool] = False  # reads θ_base (ctx.reference("base")): a trial with none known is a config error
     name: str = "method"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -128,10 +128,12 @@ class TrainingContext:
         if path is None:
             raise ValueError("reference 'base': no θ_base known (toy world base/, model.align, or method.*.base)")
         path = Path(path)
+        names = dict(base_names(self.model))
+        if path.suffix == ".gguf":  # dequantised by transformers' GGUF reader, as the alignment stage loaded it
+            return self._load_base_gguf(path, names)
         files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
         if not files:
             raise ValueError(f"reference 'base': no .safetensors weights in {path}")
-        names = dict(base_names(self.model))
         out: dict[str, torch.Tensor] = {}
         for f in files:
             with safe_open(str(f), framework="pt", device="cpu") as sf:
@@ -143,6 +145,16 @@ class TrainingContext:
         if missing:
             raise ValueError(f"reference 'base': {path} lacks {len(missing)} tensors, e.g. {missing[0]}")
         return out
+
+    @staticmethod
+    def _load_base_gguf(path: Path, names: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+        from transformers import AutoModelForCausalLM
+
+        state = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).state_dict()
+        missing = [k for k in names if k not in state]
+        if missing:
+            raise ValueError(f"reference 'base': {path} lacks {len(missing)} tensors, e.g. {missing[0]}")
+        return {k: state[k].to(p.device, p.dtype) for k, p in names.items()}
 
     def teacher(self) -> Teacher:
         if self._teacher is None:

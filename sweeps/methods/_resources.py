@@ -44,4 +44,9 @@ def build_resources(methods: MethodStack, fmt: Any, *, n_user: int, max_length: 
                 examples = random.Random(spec.seed).sample(examples, n)
             streams[f"{m.name}.{arg}"] = [fmt.encode_pair(e.prompt, e.response, max_length) for e in examples]
     override = next((m.base for m in methods.methods if getattr(m, "base", None)), None)
-    return Resources(streams=streams, base_path=Path(override) if override else base_path, seed=seed)
+    base = Path(override) if override else base_path
+    needs = next((m for m in methods.methods if m.uses_base and getattr(m, "enabled", True)), None)
+    if base is None and needs is not None:
+        raise ConfigError(f"method.{needs.name}.base: no θ_base known for this model (the toy world's base/ or the "
+                          "alignment stage's input model); give a model directory or a .safetensors / .gguf file")
+    return Resources(streams=streams, base_path=base, seed=seed)

@@ -34,6 +34,7 @@ def magmax(base: torch.Tensor, tasks: list[torch.Tensor], scale: float) -> torch
 class MagMax(TrainingMethod):
     key = "magmax"
     off: ClassVar[dict[str, Any]] = {"enabled": False}
+    uses_base: ClassVar[bool] = True
     term: ClassVar[str] = "changed_fraction"
 
     def __init__(self, scale: float = 0.5, base: str | None = None, enabled: bool = True) -> None:

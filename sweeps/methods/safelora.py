@@ -56,6 +56,7 @@ class SafeLoRA(TrainingMethod):
     key = "safelora"
     lora_only: ClassVar[bool] = True
     off: ClassVar[dict[str, Any]] = {"enabled": False}
+    uses_base: ClassVar[bool] = True
     term: ClassVar[str] = "projected"
 
     def __init__(self, mode: str = "threshold", threshold: float = 0.5, layers: int = 10, base: str | None = None,
