@@ -129,32 +129,26 @@ class TrainingContext:
             raise ValueError("reference 'base': no θ_base known (toy world base/, model.align, or method.*.base)")
         path = Path(path)
         names = dict(base_names(self.model))
-        if path.suffix == ".gguf":  # dequantised by transformers' GGUF reader, as the alignment stage loaded it
-            return self._load_base_gguf(path, names)
-        files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
-        if not files:
-            raise ValueError(f"reference 'base': no .safetensors weights in {path}")
         out: dict[str, torch.Tensor] = {}
-        for f in files:
-            with safe_open(str(f), framework="pt", device="cpu") as sf:
-                for key in sf.keys():  # noqa: SIM118 (safe_open has no __iter__)
-                    if key in names:
-                        p = names[key]
-                        out[key] = sf.get_tensor(key).to(p.device, p.dtype)
+        if path.suffix == ".gguf":  # dequantised by transformers' GGUF reader, as the alignment stage loaded it
+            from transformers import AutoModelForCausalLM
+
+            base_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+            out = {k: v.to(names[k].device, names[k].dtype) for k, v in base_model.state_dict().items() if k in names}
+        else:
+            files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+            if not files:
+                raise ValueError(f"reference 'base': no .safetensors weights in {path}")
+            for f in files:
+                with safe_open(str(f), framework="pt", device="cpu") as sf:
+                    for key in sf.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                        if key in names:
+                            p = names[key]
+                            out[key] = sf.get_tensor(key).to(p.device, p.dtype)
         missing = [k for k in names if k not in out]
         if missing:
             raise ValueError(f"reference 'base': {path} lacks {len(missing)} tensors, e.g. {missing[0]}")
         return out
-
-    @staticmethod
-    def _load_base_gguf(path: Path, names: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
-        from transformers import AutoModelForCausalLM
-
-        state = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).state_dict()
-        missing = [k for k in names if k not in state]
-        if missing:
-            raise ValueError(f"reference 'base': {path} lacks {len(missing)} tensors, e.g. {missing[0]}")
-        return {k: state[k].to(p.device, p.dtype) for k, p in names.items()}
 
     def teacher(self) -> Teacher:
         if self._teacher is None:
