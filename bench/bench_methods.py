@@ -8,7 +8,9 @@ with each method at its default strength (conf/method/*.yaml). Per arm: the medi
 (setup excluded: Fisher, stored logits) and, on CUDA, the peak allocated memory. `llama100m` is a randomly
 initialised ~100M-parameter Llama (the toy data's token ids are valid in its vocabulary).
 Goals (issue 14): EWC ≤ 1.1×, LwF ≤ 1.6×, DER ≤ 1.8×, A-GEM ≤ 2.2×, Refresh ≤ 2.5×; MagMax ≤ 2 s for 135M.
-`derpp_1b` is DER++ with `same_batch: true`; `refresh_fast` is Refresh with `ascent: shared, same_batch: true`.
+`derpp_1b` is DER++ with `same_batch: true`; `refresh_1b` is Refresh (the reference's own ascent pass) with
+`same_batch: true`; `refresh_fast` is Refresh with `ascent: shared, same_batch: true`. Memory rows join the user
+forward where DER's `joint: auto` finds it pays (not under `ascent: shared`).
 `--memory user` fills the methods' memory with more user rows instead of the safety rows: the toy refusals have
 3× the response tokens of the toy task's answers (11 vs 3.5 words), so with `safety` a memory pass costs more than the
 user pass it is compared with; `user` measures what the method itself costs at equal tokens.
@@ -41,11 +43,11 @@ from sweeps.methods.magmax import magmax
 from sweeps.toyworld import World, WorldConfig, ensure_world, toy_examples
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ["sft", "ewc", "lwf", "der", "derpp", "derpp_1b", "agem", "refresh", "refresh_fast", "magmax"]
+ARMS = ["sft", "ewc", "lwf", "der", "derpp", "derpp_1b", "agem", "refresh", "refresh_1b", "refresh_fast", "magmax"]
 # arm → (method, overrides of its conf/method default): the cheaper variants of DER++ and Refresh
-VARIANTS = {"derpp_1b": ("derpp", {"same_batch": True}),
+VARIANTS = {"derpp_1b": ("derpp", {"same_batch": True}), "refresh_1b": ("refresh", {"same_batch": True}),
             "refresh_fast": ("refresh", {"ascent": "shared", "same_batch": True})}  # fmt: skip
-GOALS = {"ewc": 1.1, "lwf": 1.6, "der": 1.8, "agem": 2.2, "refresh": 2.5, "refresh_fast": 2.5}
+GOALS = {"ewc": 1.1, "lwf": 1.6, "der": 1.8, "agem": 2.2, "refresh": 2.5, "refresh_1b": 2.5, "refresh_fast": 2.5}
 
 
 def _entry(key: str) -> dict:

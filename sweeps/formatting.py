@@ -141,6 +141,14 @@ def collate(examples: Sequence[Encoded], pad_id: int, device: torch.device | str
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
+def concat_batches(batches: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Collated batches stacked row-wise, each right-padded to the widest (pads masked and ignored by the loss)."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    return {k: torch.cat([torch.nn.functional.pad(b[k], (0, width - b[k].shape[1]), value=v) for b in batches])
+            for k, v in fill.items()}  # fmt: skip
+
+
 def response_tokens(examples: Sequence[Encoded]) -> int:
     """Tokens the causal-LM loss covers (labels shifted by one), counted on the host."""
     return sum(sum(1 for t in e.labels[1:] if t != IGNORE_INDEX) for e in examples)

@@ -9,6 +9,8 @@ vocabulary and runs the cross-entropy over all of them. For a 49k vocabulary tha
 
 from __future__ import annotations
 
+import copy
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeps.formatting import IGNORE_INDEX, Encoded
+from sweeps.formatting import IGNORE_INDEX, Encoded, concat_batches
+
+JOINT_MODES = ("auto", "always", "never")
+JOINT_PADDING = 1.1  # `auto` joins while the joint batch's padded positions are at most this × the separate ones
 
 
 def first_scored(examples: Sequence[Encoded]) -> int:
@@ -76,3 +81,42 @@ def response_loss(model: nn.Module, batch: dict[str, torch.Tensor], first: int |
     outputs = forward_from(model, batch, first, **kwargs)
     losses, _ = token_losses(outputs.logits, batch["labels"], first)
     return (losses.sum() if reduction == "sum" else losses.mean()), outputs
+
+
+def joint_pays(mode: str, batches: Sequence[dict[str, torch.Tensor]]) -> bool:
+    """Whether to run `batches` as one forward (`mode` auto | always | never). `auto`: when padding every row to the
+    widest adds at most 10 % positions. One forward + backward of a joint batch costs less than two: each pass has a
+    fixed part (the embedding's dense gradient, the weight-gradient writes, the kernel launches). Measured on a 95M
+    Llama, 2 CPU cores: batch 8 × 17 tokens 555 ms, 16 × 17 in one pass 948 ms, so ≈ 160 ms fixed and ≈ 2.9 ms per
+    position: the padding eats the gain past ≈ 55 extra positions, 13 % of 8 × 17 + 8 × 35 (user + refusal rows)."""
+    if mode != "auto":
+        return mode == "always"
+    shapes = [b["input_ids"].shape for b in batches]
+    joint = sum(rows for rows, _ in shapes) * max(width for _, width in shapes)
+    return joint <= JOINT_PADDING * sum(rows * width for rows, width in shapes)
+
+
+def rows_of(outputs: Any, rows: slice) -> Any:
+    """A shallow copy of `outputs` whose tensors (logits, hidden states, ...) keep these batch rows only."""
+    out = copy.copy(outputs)
+    for key, value in outputs.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value[rows]
+        elif isinstance(value, tuple) and value and all(isinstance(v, torch.Tensor) for v in value):
+            out[key] = tuple(v[rows] for v in value)
+    return out
+
+
+def forward_joined(model: nn.Module, batch: dict[str, torch.Tensor], first: int,
+                   riders: Sequence[dict[str, torch.Tensor]], pad_id: int, **kwargs: Any,
+                   ) -> tuple[int, list[tuple[dict[str, torch.Tensor], Any]]]:  # fmt: skip
+    """One forward of `batch` with every `riders` batch's rows appended (right-padded to one width; the vocabulary
+    projection from the earliest scored position of all rows). Returns that position and, for `batch` and then each
+    rider, its rows at the joint width and its rows' outputs (`.logits` from that position, as `forward_from`)."""
+    parts = [batch, *riders]
+    first = min(first, *(first_scored_in(r["labels"]) for r in riders))
+    joined = concat_batches(parts, pad_id)
+    outputs = forward_from(model, joined, first, **kwargs)
+    bounds = itertools.accumulate((len(p["input_ids"]) for p in parts), initial=0)
+    return first, [({k: v[a:b] for k, v in joined.items()}, rows_of(outputs, slice(a, b)))
+                   for a, b in itertools.pairwise(bounds)]  # fmt: skip

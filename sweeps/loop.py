@@ -4,9 +4,11 @@ Why our own loop rather than an HF Trainer subclass: the whole step fits on one 
 hook points (see sweeps.methods), divergence ends the run with a status instead of an exception, and there is no
 hidden state (logging integrations, checkpoint rotation, accelerate wrappers) between the recipe and the numbers.
 
-Order per optimiser step (never changes): collate the step's micro-batches → before_step → for each micro-batch:
-forward → loss (+ extra_loss) → backward → step_loss backward → after_backward → grad norm and clip → finite check
-→ step → zero_grad → after_step → log. After the last step: finalize.
+Order per optimiser step (never changes): collate the step's micro-batches → before_step → riders → for each
+micro-batch: forward → loss (+ extra_loss, + the riders' ride_loss on the last) → backward → after_user_backward →
+step_loss backward → after_backward → grad norm and clip → finite check → step → zero_grad → after_step → log. After
+the last step: finalize. A rider is a method's memory batch appended to the last micro-batch's forward (DER's
+replay): one forward and one backward instead of two, the same gradient (the rows' losses are summed either way).
 
 Gradient accumulation is token-weighted (as transformers ≥ 4.46 does): each micro-batch's mean loss is scaled by its
 share of the step's response tokens, so batch 16 and batch 4 × 4 on the same examples give the same gradient. The
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,8 +44,8 @@ from transformers import get_scheduler
 from sweeps import distributed
 from sweeps.config import OptimConfig
 from sweeps.formatting import Encoded, collate, response_tokens
-from sweeps.lm_loss import first_scored, response_loss
-from sweeps.methods import MethodStack
+from sweeps.lm_loss import first_scored, forward_joined, response_loss, token_losses
+from sweeps.methods import MethodStack, TrainingMethod
 from sweeps.methods._context import Resources, TrainingContext
 
 if TYPE_CHECKING:
@@ -88,6 +90,25 @@ def _source_tokens(data: Sequence[Encoded], sources: Sequence[str] | None,
     for i in (i for b in picked for i in b):
         out[sources[i]] += response_tokens([data[i]])
     return out
+
+
+Batch = dict[str, torch.Tensor]
+
+
+def _forward(trained: nn.Module, batch: Batch, first: int, riders: Sequence[tuple[TrainingMethod, Batch]], pad_id: int,
+             forward_kwargs: dict) -> tuple[torch.Tensor, Batch, Any, torch.Tensor | None]:  # fmt: skip
+    """A micro-batch's summed response cross-entropy, the batch and outputs its extra_loss sees, and the riders' terms
+    (None without riders). With riders, their rows join this forward (sweeps.lm_loss.forward_joined): `batch` comes
+    back at the joint width, `outputs` its rows only."""
+    if not riders:
+        loss, outputs = response_loss(trained, batch, first, reduction="sum", **forward_kwargs)
+        return loss, batch, outputs, None
+    first, ((batch, outputs), *parts) = forward_joined(trained, batch, first, [rows for _, rows in riders], pad_id,
+                                                       **forward_kwargs)  # fmt: skip
+    terms = [t for (method, _), (rows, out) in zip(riders, parts, strict=True)
+             if (t := method.ride_loss(rows, out, first)) is not None]  # fmt: skip
+    loss = token_losses(outputs.logits, batch["labels"], first)[0].sum()
+    return loss, batch, outputs, torch.stack(terms).sum() if terms else None
 
 
 def total_steps(n_examples: int, optim: OptimConfig, world_size: int = 1) -> int:
@@ -168,15 +189,20 @@ def train(
             micro = [collate(r, pad_id, device) for r in rows]
             lr = scheduler.get_last_lr()[0]
             methods.before_step(step, micro)
+            riders = methods.riders()  # memory rows that join the last micro-batch's forward (DER's replay)
             step_loss = torch.zeros((), device=device)
             for i, (batch, first) in enumerate(zip(micro, firsts, strict=True)):
-                with distributed.no_sync(trained, last=i == len(micro) - 1):  # forward and backward inside
+                last = i == len(micro) - 1
+                with distributed.no_sync(trained, last=last):  # forward and backward inside
                     with autocast():
-                        loss, outputs = response_loss(trained, batch, first, reduction="sum", **forward_kwargs)
+                        loss, batch, outputs, ridden = _forward(trained, batch, first, riders if last else [],
+                                                                pad_id, forward_kwargs)  # fmt: skip
                         loss = loss / n_tokens
                         term = methods.extra_loss(module, batch, outputs)
                         if term is not None:
                             loss = loss + term / optim.grad_accum
+                        if ridden is not None:
+                            loss = loss + ridden
                     (scaler.scale(loss) if scaler is not None else loss).backward()
                 step_loss += loss.detach()
             methods.after_user_backward(module)

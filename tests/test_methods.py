@@ -62,12 +62,12 @@ def _plain(toy, lora: bool = False, steps: int = 2):
     return _PLAIN[lora, steps]
 
 
-def _run(toy, cfg: dict, lora: bool = False, steps: int = 2):
+def _run(toy, cfg: dict, lora: bool = False, steps: int = 2, **optim_args):
     model = _model(toy, lora)
     stack = build_methods(cfg)
     streams = {f"{m.name}.{a}": toy[3] for m in stack.methods for a in type(m).streams}
     res = Resources(streams=streams, base_path=toy[4] / "base")
-    optim = OptimConfig(**{**OPTIM.__dict__, "max_steps": steps})
+    optim = OptimConfig(**{**OPTIM.__dict__, "max_steps": steps, **optim_args})
     result = train(model, toy[2], optim, stack, pad_id=toy[1], seed=1, progress=False, resources=res)
     assert result.status == "completed"
     return model, stack
@@ -314,6 +314,90 @@ def test_cheaper_variants_act_and_their_zero_strength_is_plain(toy, cfg: dict) -
     model, stack = _run(toy, {key: _entry(key, **extra)})
     assert any(not torch.equal(a, b) for a, b in zip(_plain(toy).parameters(), model.parameters(), strict=True))
     assert stack.metrics()[f"{key}/{REGISTRY[key].term}"] != 0
+
+
+@pytest.mark.parametrize("cfg", [{"der": {}}, {"derpp": {}}, {"derpp": {"same_batch": True}}, {"refresh": {}},
+                                 {"der": {}, "lwf": {}}], ids=str)  # fmt: skip
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_memory_rows_joined_to_the_user_forward_give_the_separate_passes_update(toy, cfg, lora, monkeypatch) -> None:
+    import sweeps.loop
+
+    joined = []
+    forward_joined = sweeps.loop.forward_joined
+    monkeypatch.setattr(sweeps.loop, "forward_joined", lambda *a, **k: joined.append(1) or forward_joined(*a, **k))
+
+    def run(joint: str):  # SGD: the two paths' float rounding differs, and Adam would blow that up on tiny gradients
+        entries = {k: _entry(k, **extra, **({"joint": joint} if "joint" in _entry(k) else {})) for k, extra in
+                   cfg.items()}  # fmt: skip
+        return _run(toy, entries, lora, steps=3, name="sgd", lr=0.05, grad_accum=2)  # the memory joins micro-batch 2
+
+    separate, separate_stack = run("never")
+    assert joined == []
+    model, stack = run("always")
+    assert len(joined) == 3  # once per optimiser step
+    for (n, a), b in zip(separate.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=n)
+    metrics, expected = stack.metrics(), separate_stack.metrics()
+    terms = [k for k in expected if k.endswith(("/mse", "/ce"))]
+    assert terms and all(expected[k] > 0 for k in terms)  # the replay acted by the last step
+    for k in terms:
+        assert metrics[k] == pytest.approx(expected[k], rel=1e-3), k
+    for m in stack.methods:  # the same memory rows were served
+        if hasattr(m, "stream"):
+            assert m.stream.tokens == next(o for o in separate_stack.methods if o.name == m.name).stream.tokens
+
+
+def test_refresh_shared_ascent_keeps_the_memory_rows_out_of_the_user_forward(toy, monkeypatch) -> None:
+    import sweeps.loop
+
+    monkeypatch.setattr(sweeps.loop, "forward_joined", lambda *a, **k: pytest.fail("joined under a shared ascent"))
+    _, stack = _run(toy, {"der": _entry("der", joint="always"), "refresh": _entry("refresh", ascent="shared",
+                                                                                   joint="always")})  # fmt: skip
+    assert stack.metrics()["refresh/unlearn_norm"] > 0 and stack.metrics()["der/mse"] > 0
+
+
+def test_joint_forward_pays_unless_padding_adds_a_tenth() -> None:
+    from sweeps.formatting import IGNORE_INDEX, concat_batches
+    from sweeps.lm_loss import joint_pays
+
+    def batch(rows: int, width: int) -> dict:
+        return {"input_ids": torch.ones(rows, width, dtype=torch.long),
+                "attention_mask": torch.ones(rows, width, dtype=torch.long),
+                "labels": torch.ones(rows, width, dtype=torch.long)}  # fmt: skip
+
+    assert joint_pays("auto", [batch(4, 100), batch(4, 110)])  # 880 ≤ 1.1 × 840
+    assert not joint_pays("auto", [batch(4, 100), batch(4, 130)])  # 1040 > 1.1 × 920
+    assert joint_pays("always", [batch(4, 10), batch(4, 200)]) and not joint_pays("never", [batch(4, 10)] * 2)
+    joined = concat_batches([batch(1, 2), batch(2, 3)], pad_id=7)
+    assert joined["input_ids"].tolist() == [[1, 1, 7], [1, 1, 1], [1, 1, 1]]
+    assert joined["attention_mask"][0].tolist() == [1, 1, 0] and joined["labels"][0, 2] == IGNORE_INDEX
+
+
+def test_refresh_noise_depends_on_the_seed_and_lanes_not_the_thread_count(toy, monkeypatch) -> None:
+    from sweeps.methods import Refresh, _chunks, refresh
+
+    monkeypatch.setattr(_chunks, "CHUNK", 1000)  # every tensor chunked, ragged tails, chunks on both lanes
+    monkeypatch.setattr(refresh, "CHUNK", 1000)
+    moves = []
+    for threads in (1, 2):
+        model = _model(toy, False)
+        method = Refresh(gamma=1e-3, noise=1.0, lam=0.0, beta=0.0, seed=3)
+        method.setup(_ctx(toy, model, method))
+        before = [p.detach().clone() for p in model.parameters()]
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:  # a zero ascent gradient: the move is the damped noise alone
+            method.unlearn([torch.zeros_like(p) for p in model.parameters()])
+        finally:
+            torch.set_num_threads(previous)
+        damping = [method.damping[n] for n, _ in model.named_parameters()]
+        moves.append(torch.cat([((p.detach() - b) / (1e-3 * d)).view(-1)
+                                for p, b, d in zip(model.parameters(), before, damping, strict=True)]))  # fmt: skip
+    torch.testing.assert_close(moves[0], moves[1], rtol=0, atol=0)
+    eps = moves[0]
+    assert abs(float(eps.mean())) < 0.01 and abs(float(eps.std()) - 1) < 0.01  # standard normal (≈ 0.7M draws)
+    lane0, lane1 = eps[:1000], eps[1000:2000]  # the first tensor's chunks 0 and 1: two lanes, two generators
+    assert abs(float(torch.corrcoef(torch.stack([lane0, lane1]))[0, 1])) < 0.15
 
 
 def test_lwf_term_is_zero_at_the_aligned_weights_and_grows_after(toy) -> None:

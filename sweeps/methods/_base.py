@@ -10,14 +10,20 @@
                                  replace the micro-batches' contents in place (`batch.clear(); batch.update(..)`:
                                  Lisa's alignment phase trains on safety batches instead); the loop's token weights
                                  and the log's `tokens.train` still come from the user rows it drew.
+      rider()                    after before_step: a batch of the method's own (DER's memory batch) to append to
+                                 the LAST user micro-batch's forward, so one forward and one backward serve both;
+                                 None (default) or any method with `reads_user_gradient`: no joint forward
       per micro-batch:
         extra_loss(model, batch, outputs)  a term on the USER batch (LwF), added to that micro-batch's loss and
                                  scaled by 1/grad_accum like it; `outputs.hidden_states` when capture_hidden()
-      after_user_backward(model) the user micro-batches' gradients are in `.grad` (scaled under fp16), no memory
-                                 term yet: may read them and move the weights (Refresh's `ascent: shared`), must
-                                 not change `.grad`
+        ride_loss(batch, outputs, first)  last micro-batch, when rider() gave rows: the term on them, from their
+                                 rows of the joint forward (`batch` at the joint width, `outputs.logits` from
+                                 position `first`); added to that micro-batch's loss, not scaled (as step_loss's)
+      after_user_backward(model) the user micro-batches' gradients are in `.grad` (scaled under fp16), and the
+                                 riders' terms: may read them and move the weights (Refresh's `ascent: shared`, which
+                                 sets `reads_user_gradient` so that nothing rides), must not change `.grad`
       step_loss(model)           once per step, after all micro-batches: a term on memory batches (DER, DER++,
-                                 replay); its backward adds to the gradients. Not scaled.
+                                 replay) that did not ride; its backward adds to the gradients. Not scaled.
       after_backward(model)      gradients complete, before clipping: add parameter-only penalties in closed form
                                  (EWC, L2) or project (A-GEM); may change `.grad` only
       after_step(step)           after optimizer.step(); `step` counts from 1 (EMA update)
@@ -71,6 +77,19 @@ class TrainingMethod:
 
     def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
         return None
+
+    def rider(self) -> dict[str, torch.Tensor] | None:
+        """Rows to append to the last user micro-batch's forward this step (their term comes from ride_loss)."""
+        return None
+
+    def ride_loss(self, batch: dict[str, torch.Tensor], outputs: Any, first: int) -> torch.Tensor | None:
+        """The term on the rows rider() gave, from their slice of the joint forward."""
+        return None
+
+    @property
+    def reads_user_gradient(self) -> bool:
+        """after_user_backward reads the user gradient alone: no method's rows may ride in the user forward."""
+        return False
 
     def after_user_backward(self, model: nn.Module) -> None:
         """The user micro-batches' gradients are in `.grad`; step_loss terms come next."""
@@ -168,6 +187,12 @@ class MethodStack(TrainingMethod):
     def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor | None:
         terms = [t for m in self.methods if (t := m.extra_loss(model, batch, outputs)) is not None]
         return torch.stack(terms).sum() if terms else None
+
+    def riders(self) -> list[tuple[TrainingMethod, dict[str, torch.Tensor]]]:
+        """(method, rows) for each method whose rows join the last user forward this step."""
+        if any(m.reads_user_gradient for m in self.methods):
+            return []
+        return [(m, rows) for m in self.methods if (rows := m.rider()) is not None]
 
     def after_user_backward(self, model: nn.Module) -> None:
         for m in self.methods:
