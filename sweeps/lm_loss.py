@@ -4,7 +4,8 @@ Every loss here (the training loss, the NLL axes, EWC's Fisher, A-GEM's referenc
 logits) scores response tokens only, yet a plain `model(**batch)` projects every prompt and pad position onto the
 vocabulary and runs the cross-entropy over all of them. For a 49k vocabulary that was about half of an NLL's time
 (SmolLM2, py-spy). Here the projection starts at the batch's first position that predicts a response token
-(`logits_to_keep`), and the cross-entropy runs on the gathered response rows.
+(`logits_to_keep`), and the cross-entropy runs on the gathered response rows. `forward_joined` runs a user batch and
+a method's memory rows (DER's replay) as one forward, `joint_pays` says when that is cheaper than two.
 """
 
 from __future__ import annotations

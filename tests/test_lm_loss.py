@@ -94,3 +94,33 @@ def test_der_logits_and_lwf_hidden_states_equal_the_full_forward(aligned, batch_
         hidden = forward_from(model, batch, batch["input_ids"].shape[1] - 1, output_hidden_states=True).hidden_states
     assert torch.allclose(f, full.logits[response_mask(batch["labels"])], rtol=1e-5, atol=1e-5)
     assert torch.allclose(hidden[-1], full.hidden_states[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_joint_forward_gives_each_part_its_own_forwards_outputs(aligned, batch_rows) -> None:
+    from sweeps.lm_loss import forward_joined, token_losses
+
+    model, _ = aligned
+    rows, pad_id = batch_rows
+    model.train(False)
+    user, memory = collate(rows[:2], pad_id), collate(rows[2:4], pad_id)  # memory: shorter rows, scored earlier
+    assert memory["input_ids"].shape[1] < user["input_ids"].shape[1]
+    first_user = first_scored_in(user["labels"])
+    assert first_scored_in(memory["labels"]) < first_user  # the joint projection starts at the memory's position
+    first, ((u_rows, u_out), (m_rows, m_out)) = forward_joined(model, user, first_user, [memory], pad_id,
+                                                               output_hidden_states=True)  # fmt: skip
+    assert first == first_scored_in(memory["labels"])
+    width = user["input_ids"].shape[1]  # the memory rows come back padded to the joint width: pads masked, ignored
+    assert u_rows["input_ids"].shape == (2, width) and m_rows["input_ids"].shape == (2, width)
+    for rows_back, alone, out in ((u_rows, user, u_out), (m_rows, memory, m_out)):
+        n = alone["input_ids"].shape[1]
+        assert torch.equal(rows_back["labels"][:, :n], alone["labels"])
+        assert (rows_back["labels"][:, n:] == IGNORE_INDEX).all() and (rows_back["attention_mask"][:, n:] == 0).all()
+        ref = forward_from(model, alone, first, output_hidden_states=True)
+        kept = n - first  # logits from `first`: the part's own width
+        torch.testing.assert_close(out.logits[:, :kept], ref.logits, rtol=1e-4, atol=1e-5)
+        mask = alone["attention_mask"].bool()
+        torch.testing.assert_close(out.hidden_states[-1][:, :n][mask], ref.hidden_states[-1][mask], rtol=1e-4,
+                                   atol=1e-5)  # fmt: skip
+        ce = response_loss(model, alone, first, reduction="sum")[0]
+        torch.testing.assert_close(token_losses(out.logits, rows_back["labels"], first)[0].sum(), ce, rtol=1e-5,
+                                   atol=1e-5)  # fmt: skip
