@@ -23,6 +23,7 @@ pass. With DER++'s `same_batch: true` as well, a step is 2 passes + the noise dr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -41,14 +42,12 @@ ASCENTS = ("separate", "shared")
 # normals on one core, and the draw was most of the move (95M parameters, 2 cores: 0.39 s a step in one lane, 0.23 s
 # in two). The noise depends on the lane count, never on the thread count.
 LANES = 2
-_POOL: list[ThreadPoolExecutor] = []
 
 
+@functools.cache
 def _pool() -> ThreadPoolExecutor:
     """One process-wide pool for the lanes after the first (idle threads cost nothing between steps)."""
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(LANES - 1, thread_name_prefix="refresh-lane"))
-    return _POOL[0]
+    return ThreadPoolExecutor(LANES - 1, thread_name_prefix="refresh-lane")
 
 
 class Refresh(DERpp):
