@@ -243,7 +243,9 @@ def test_origin_reproduces_centre_metrics_and_resume_is_identical(tmp_path, toy_
 def test_drafts_change_no_verdict_and_come_from_the_nearest_point(tmp_path, toy_root) -> None:
     from landscape.run import DraftBook
 
-    args = ["landscape.dims=1", "landscape.points=11", "landscape.radius=0.5", "landscape.metrics=[asr]",
+    # radius 0.75: an Intel-built toy world's safety basin is wider than an AMD-built one's (worlds differ by the CPU
+    # that built them); at 0.5 every point but one refused there, at 0.75 the ends comply (ASR 0.2 and 0.6)
+    args = ["landscape.dims=1", "landscape.points=11", "landscape.radius=0.75", "landscape.metrics=[asr]",
             "landscape.asr_limit=40"]  # fmt: skip
     run_landscape(_cfg(*args), tmp_path / "drafts", progress=False)
     run_landscape(_cfg(*args, "landscape.draft_rounds=0"), tmp_path / "plain", progress=False)
@@ -252,7 +254,7 @@ def test_drafts_change_no_verdict_and_come_from_the_nearest_point(tmp_path, toy_
     # verdicts must differ between points (some flip from refusal to compliance), so drafts get rejected somewhere
     assert a.asr.min() == 0 and a.asr.max() >= 0.1, "test needs points that refuse and points that comply"
     share = [json.loads((tmp_path / d / "manifest.json").read_text())["drafted_share"] for d in ("drafts", "plain")]
-    assert share[0] > 0.3 and share[1] == 0  # 0.65 on one toy world; worlds differ by the CPU that built them
+    assert share[0] > 0.15 and share[1] == 0  # 0.65 on an AMD world at radius 0.5, 0.38 on an Intel one at 0.75
 
     book = DraftBook(keep=2)
     book.add(0, 0.0, 0.0, {"harmful": [[1]]})
