@@ -1,7 +1,7 @@
 """Per-step cost of each continual-learning method relative to plain SFT, and MagMax's merge time.
 
     .venv/bin/python bench/bench_methods.py [--cache-dir .cache] [--model toy|llama100m] [--steps 12]
-        [--repeats 2] [--threads 2] [--memory safety|user]
+        [--repeats 2] [--threads 2] [--memory safety|user] [--seq-len N]
 
 Arms run interleaved (A B C ... A B C ...) from fresh copies of one model, on the same user data and safety memory,
 with each method at its default strength (conf/method/*.yaml). Per arm: the median wall time of an optimiser step
@@ -14,6 +14,9 @@ forward where DER's `joint: auto` finds it pays (not under `ascent: shared`).
 `--memory user` fills the methods' memory with more user rows instead of the safety rows: the toy refusals have
 3× the response tokens of the toy task's answers (11 vs 3.5 words), so with `safety` a memory pass costs more than the
 user pass it is compared with; `user` measures what the method itself costs at equal tokens.
+`--seq-len N` (llama100m only) replaces every row, user and memory alike, by N random token ids scored on their second
+half: the toy rows are ≈ 15 tokens, so at batch 8 an SFT step sees ≈ 120 tokens and per-parameter passes (the
+optimiser's, EWC's closed form) weigh far more than at a fine-tuning batch of 8 × 128 tokens.
 Prints a table, then one line `JSON {...}`.
 """
 
@@ -36,7 +39,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `sweeps` importable
 
 from sweeps.config import OptimConfig
-from sweeps.formatting import PromptFormatter
+from sweeps.formatting import IGNORE_INDEX, Encoded, PromptFormatter
 from sweeps.loop import train
 from sweeps.methods import Resources, build_methods
 from sweeps.methods.magmax import magmax
@@ -85,10 +88,19 @@ def bench_magmax(n_params: int = 135_000_000, chunk: int = 4_500_000) -> float:
     return time.perf_counter() - start
 
 
-def bench_inputs(cache_dir: str, kind: str, memory: str = "safety") -> tuple[torch.nn.Module, Path, Any, list, list]:
+def random_rows(n: int, seq_len: int, vocab: int, seed: int) -> list[Encoded]:
+    """n rows of seq_len random token ids (no special ids), the loss on the second half."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (n, seq_len), generator=g).tolist()
+    half = seq_len // 2
+    return [Encoded(row, [IGNORE_INDEX] * half + row[half:]) for row in ids]
+
+
+def bench_inputs(cache_dir: str, kind: str, memory: str = "safety",
+                 seq_len: int = 0) -> tuple[torch.nn.Module, Path, Any, list, list]:  # fmt: skip
     """The model (toy θ_aligned, or the random ~100M Llama), its "θ_base" folder, the toy tokenizer, 256 user and 64
     memory rows of ≤ 64 tokens (the toy world's, whose token ids are valid in both vocabularies): safety pairs, or
-    with `memory="user"` 64 further user rows."""
+    with `memory="user"` 64 further user rows; with `seq_len`, random rows of that length for both."""
     world = World(WorldConfig())
     root = ensure_world(world.cfg, cache_dir)
     tok = AutoTokenizer.from_pretrained(root / "aligned")
@@ -102,6 +114,9 @@ def bench_inputs(cache_dir: str, kind: str, memory: str = "safety") -> tuple[tor
         base = Path(cache_dir) / "bench-llama100m-base"
         if not (base / "model.safetensors").exists():
             LlamaForCausalLM(cfg).save_pretrained(base, safe_serialization=True)  # a different random "θ_base"
+    if seq_len:
+        vocab = model.config.vocab_size
+        return model, base, tok, random_rows(256, seq_len, vocab, 0), random_rows(64, seq_len, vocab, 1)
     fmt = PromptFormatter(tok)
     user = [fmt.encode_pair(e.prompt, e.response, 64) for e in toy_examples("user_train", world)[:256]]
     rows = toy_examples("safety", world)[:64] if memory == "safety" else toy_examples("user_train", world)[256:320]
@@ -118,10 +133,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--memory", choices=["safety", "user"], default="safety")
+    ap.add_argument("--seq-len", type=int, default=0, help="random rows of this many tokens (llama100m only)")
     args = ap.parse_args()
+    if args.seq_len and (args.model != "llama100m" or args.seq_len < 2):
+        ap.error("--seq-len needs --model llama100m and at least 2 tokens")
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, base, tok, user, safety = bench_inputs(args.cache_dir, args.model, args.memory)
+    model, base, tok, user, safety = bench_inputs(args.cache_dir, args.model, args.memory, args.seq_len)
     model = model.to(device).eval()
     arms = args.arms.split(",")
     times: dict[str, list[float]] = {a: [] for a in arms}
@@ -134,9 +152,9 @@ def main() -> None:
     sft = statistics.median(times["sft"])
     out = {"model": args.model, "device": device, "params": sum(p.numel() for p in model.parameters()),
            "threads": args.threads, "steps": args.steps, "repeats": args.repeats, "memory": args.memory,
-           "arms": {}}  # fmt: skip
-    print(f"{args.model} ({out['params'] / 1e6:.1f}M params, {device}, memory: {args.memory} rows): per-step time "
-          "relative to SFT")
+           "seq_len": args.seq_len, "arms": {}}  # fmt: skip
+    rows = f"random {args.seq_len}-token rows" if args.seq_len else f"memory: {args.memory} rows"
+    print(f"{args.model} ({out['params'] / 1e6:.1f}M params, {device}, {rows}): per-step time relative to SFT")
     for arm in arms:
         t = statistics.median(times[arm])
         ratio = t / sft
