@@ -15,7 +15,7 @@ forward where DER's `joint: auto` finds it pays (not under `ascent: shared`).
 3× the response tokens of the toy task's answers (11 vs 3.5 words), so with `safety` a memory pass costs more than the
 user pass it is compared with; `user` measures what the method itself costs at equal tokens.
 `--seq-len N` (llama100m only) replaces every row, user and memory alike, by N random token ids scored on their second
-half: the toy rows are ≈ 15 tokens, so at batch 8 an SFT step sees ≈ 120 tokens and per-parameter passes (the
+half: the toy rows are ≈ 17 tokens, so at batch 8 an SFT step sees ≈ 136 tokens and per-parameter passes (the
 optimiser's, EWC's closed form) weigh far more than at a fine-tuning batch of 8 × 128 tokens.
 Prints a table, then one line `JSON {...}`.
 """
