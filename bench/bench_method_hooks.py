@@ -1,6 +1,6 @@
 """Wall time inside each method's own hooks per optimiser step, on the ~100M random Llama of bench_methods.py.
 
-    .venv/bin/python bench/bench_method_hooks.py [--steps 6] [--arms sft,ewc,der,refresh]
+    .venv/bin/python bench/bench_method_hooks.py [--steps 6] [--arms sft,ewc,der,refresh] [--seq-len N]
 
 Less noisy than whole-step ratios on a shared CPU: it times only the code a method adds (EWC's after_backward,
 Refresh's before_step, DER's step_loss forward — its backward runs in the loop and is not included) and the AdamW
@@ -47,12 +47,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--arms", default="sft,ewc,der,refresh")
+    ap.add_argument("--seq-len", type=int, default=0, help="random rows of this many tokens")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for owner, name in ((EWC, "after_backward"), (Refresh, "before_step"), (DER, "step_loss")):
         _timed(owner, name, f"{owner.__name__}.{name}")
     _timed(torch.optim.AdamW, "step", "AdamW.step")
-    model, base, tok, user, safety = bench_methods.bench_inputs(args.cache_dir, "llama100m")
+    model, base, tok, user, safety = bench_methods.bench_inputs(args.cache_dir, "llama100m", seq_len=args.seq_len)
     model = model.eval()
     for arm in args.arms.split(","):
         TIMES.clear()

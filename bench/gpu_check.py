@@ -8,6 +8,8 @@
   asr eval        sweeps.scoring.generate (batched, early stop) vs plain model.generate at batch 1: prompts/s, and
                   the keyword verdicts must be identical
   landscape point one score() of a perturbed model without and with the unperturbed model's answers as drafts
+  optimizer pass  bench/bench_optimizer.py on the device: AdamW foreach vs fused (the loop's) on ~100M parameters, and
+                  EWC's closed-form pass in CPU-sized (1 MiB) vs accelerator-sized (64 MiB) chunks
 
 Without CUDA it prints that it was skipped, writes the JSON with the reason and exits 0. `--model toy --device cpu`
 runs every section on the toy world instead (a smoke test of this script, not a measurement).
@@ -192,9 +194,20 @@ def check_landscape_point(args) -> dict[str, Any]:
     return times
 
 
+def check_optimizer_pass(args) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_optimizer
+
+    from sweeps.methods._chunks import CHUNK, DEVICE_CHUNK
+
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    return bench_optimizer.measure(steps=6, repeats=2, device=device, chunks=[CHUNK, DEVICE_CHUNK])
+
+
 CHECKS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "gpu tests": check_tests, "trial": check_trial, "trainer anchor": check_trainer,
     "checkpointing": check_checkpointing, "asr eval": check_asr, "landscape point": check_landscape_point,
+    "optimizer pass": check_optimizer_pass,
 }  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import torch
 
 from sweeps.config import OptimConfig
 from sweeps.formatting import IGNORE_INDEX, PromptFormatter
-from sweeps.loop import collate, total_steps, train
+from sweeps.loop import build_optimizer, collate, total_steps, train
 from sweeps.methods import MethodStack, TrainingMethod
 from sweeps.toyworld import toy_examples
 
@@ -114,6 +114,29 @@ class _Record(TrainingMethod):
 
     def finalize(self):
         self.calls.append("finalize")
+
+
+def test_adamw_is_fused_and_takes_the_reference_step() -> None:
+    """The loop's AdamW is torch's fused kernel on CPU tensors, with the config's lr, betas and weight decay: the same
+    weights as torch's per-tensor reference implementation after a few steps."""
+    torch.manual_seed(0)
+    shapes = [(7, 5), (5,), (3, 7)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    start = [p.detach().clone() for p in ours]
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.1, betas=[0.8, 0.99])
+    optimizer = build_optimizer(ours, cfg)
+    reference = torch.optim.AdamW(ref, lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1, foreach=False)
+    assert optimizer.defaults["fused"] is True
+    for _ in range(3):
+        for a, b in zip(ours, ref, strict=True):
+            a.grad = torch.randn(a.shape)
+            b.grad = a.grad.clone()
+        optimizer.step()
+        reference.step()
+    for a, b, s in zip(ours, ref, start, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert (a - s).abs().max() > 1e-3  # every tensor moved
 
 
 def test_token_weighted_accumulation_matches_one_big_batch() -> None:

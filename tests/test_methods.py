@@ -202,6 +202,18 @@ def test_ewc_identity_fisher_is_l2_to_the_start(toy) -> None:
     torch.testing.assert_close(p.grad, torch.full_like(p, 2.0 * 0.5))
 
 
+def test_chunks_are_cache_sized_on_cpu_and_launch_sized_elsewhere() -> None:
+    from sweeps.methods._chunks import CHUNK, DEVICE_CHUNK, Scratch, flat_chunks
+
+    x = torch.zeros(3 * CHUNK + 5)
+    assert [len(c) for (c,) in flat_chunks(x)] == [CHUNK] * 3 + [5]
+    meta = torch.empty(3 * CHUNK + 5, device="meta")  # stands in for an accelerator: one chunk, not four
+    assert [len(c) for (c,) in flat_chunks(meta)] == [3 * CHUNK + 5] and DEVICE_CHUNK > 3 * CHUNK + 5
+    scratch = Scratch()
+    assert scratch.take(2, 10, meta.device)[0].shape == (10,)
+    assert scratch.buffers[meta.device].shape == (2, DEVICE_CHUNK)
+
+
 def test_flat_chunks_cover_every_element_once_and_write_through() -> None:
     from sweeps.methods._chunks import flat_chunks
 
@@ -274,11 +286,10 @@ def test_derpp_same_batch_is_both_terms_on_one_memory_batch(toy) -> None:
 @pytest.mark.parametrize("chunk", [None, 1000], ids=["flat-small-tensors", "ragged-chunks"])
 def test_refresh_shared_ascent_moves_along_the_steps_own_user_gradient(toy, chunk, monkeypatch) -> None:
     from sweeps.formatting import collate
-    from sweeps.methods import Refresh, _chunks, refresh
+    from sweeps.methods import Refresh, _chunks
 
     if chunk is not None:  # every tensor above the chunk size: the chunked pass, ragged tails, instead of the flat one
         monkeypatch.setattr(_chunks, "CHUNK", chunk)
-        monkeypatch.setattr(refresh, "CHUNK", chunk)
     model = _model(toy, False)
     refresh = Refresh(gamma=1e-3, noise=0.0, lam=0.0, beta=0.0, ascent="shared")
     refresh.setup(_ctx(toy, model, refresh))
@@ -374,10 +385,9 @@ def test_joint_forward_pays_unless_padding_adds_a_tenth() -> None:
 
 
 def test_refresh_noise_depends_on_the_seed_and_lanes_not_the_thread_count(toy, monkeypatch) -> None:
-    from sweeps.methods import Refresh, _chunks, refresh
+    from sweeps.methods import Refresh, _chunks
 
     monkeypatch.setattr(_chunks, "CHUNK", 1000)  # every tensor chunked, ragged tails, chunks on both lanes
-    monkeypatch.setattr(refresh, "CHUNK", 1000)
     moves = []
     for threads in (1, 2):
         model = _model(toy, False)
