@@ -120,8 +120,9 @@ def total_steps(n_examples: int, optim: OptimConfig, world_size: int = 1) -> int
 def build_optimizer(params: list[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
     if optim.name == "sgd":
         return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    # torch's fused AdamW (one kernel pass per tensor, no temporaries) wherever it runs: on CPU torch otherwise takes
-    # the per-tensor for-loop (bench/bench_optimizer.py); FSDP's DTensor shards keep torch's default
+    # torch's fused AdamW (one pass over each tensor, no temporaries) on plain CPU and CUDA tensors: on CPU torch
+    # otherwise takes its per-tensor for-loop, 5× slower (bench/bench_optimizer.py); FSDP's DTensor shards and other
+    # devices keep torch's default
     plain = all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
                              fused=plain or None)  # fmt: skip

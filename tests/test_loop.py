@@ -137,6 +137,9 @@ def test_adamw_is_fused_and_takes_the_reference_step() -> None:
     for a, b, s in zip(ours, ref, start, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
         assert (a - s).abs().max() > 1e-3  # every tensor moved
+    # elsewhere (here the meta device; FSDP's DTensor shards likewise) torch picks its own implementation
+    meta = torch.nn.Parameter(torch.empty(3, device="meta"))
+    assert build_optimizer([meta], cfg).defaults["fused"] is None
 
 
 def test_token_weighted_accumulation_matches_one_big_batch() -> None:

@@ -93,6 +93,20 @@ def test_fp16_autocast_trains_through_a_grad_scaler() -> None:
     assert any(not torch.equal(a, p) for a, p in zip(start, model.parameters(), strict=True))
 
 
+def test_fp16_overflow_skips_the_step_and_moves_no_weight() -> None:
+    """An overflowed fp16 gradient (inf before unscaling) is skipped by the fused AdamW step (GradScaler hands it
+    found_inf), weight decay included, and the run goes on."""
+    fp16 = resolve_precision(ModelConfig(device="cpu", precision="fp16-autocast"))
+    model = _tiny_model()
+    first = next(model.parameters())
+    first.register_hook(lambda g: torch.full_like(g, float("inf")))  # every backward overflows
+    start = [p.detach().clone() for p in model.parameters()]
+    optim = OptimConfig(lr=1e-3, batch_size=4, max_steps=2, weight_decay=0.1)
+    result = train(model, _data(), optim, MethodStack([]), pad_id=0, progress=False, precision=fp16)
+    assert result.status == "completed" and result.steps == 2
+    assert all(torch.equal(a, p) for a, p in zip(start, model.parameters(), strict=True))
+
+
 def test_ema_average_is_fp32_for_a_bf16_model() -> None:
     model = _tiny_model().to(torch.bfloat16)
     ema = EMA(eta=0.01)

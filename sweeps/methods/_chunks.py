@@ -1,4 +1,4 @@
-"""Element-wise passes over whole parameter sets in cache-sized flat chunks.
+"""Element-wise passes over whole parameter sets in flat chunks: cache-sized on CPU, launch-sized on accelerators.
 
 Why not torch._foreach_*: each foreach op over a 100M-parameter model allocates a full-size temporary, and on CPU the
 page faults of those fresh allocations cost more than the arithmetic (measured: EWC's penalty and gradient took
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 
 CHUNK = 1 << 18  # fp32 elements on CPU: 1 MiB, a few of them stay in cache while a chunk is worked on
-DEVICE_CHUNK = 1 << 24  # fp32 elements on an accelerator: 64 MiB, a few hundred launches for a 7B model
+DEVICE_CHUNK = 1 << 24  # fp32 elements on an accelerator: 64 MiB, ≈ 500 chunks (≈ 2,500 launches) for a 7B model
 
 
 def chunk_size(device: torch.device) -> int:
