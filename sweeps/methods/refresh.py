@@ -31,9 +31,8 @@ from typing import Any, ClassVar
 import torch
 
 from sweeps.lm_loss import response_loss
-from sweeps.methods import _chunks
 from sweeps.methods._base import check_choice, check_number
-from sweeps.methods._chunks import Scratch, flat_chunks
+from sweeps.methods._chunks import Scratch, chunk_size, flat_chunks
 from sweeps.methods._context import TrainingContext
 from sweeps.methods.der import DERpp
 from sweeps.methods.ewc import diagonal_fisher
@@ -92,7 +91,8 @@ class Refresh(DERpp):
             self.damping = {n: 1.0 / (1.0 + self.fisher_scale * f) for n, f in fisher.items()}
         # tensors below one CPU chunk move together as one flat vector (a handful of ops instead of ~5 per tensor);
         # on every device: the flat path holds full-size copies, so an accelerator's larger chunks would not do
-        self.small = [n for n in self.damping if self.damping[n].numel() < _chunks.CHUNK]
+        cpu_chunk = chunk_size(torch.device("cpu"))
+        self.small = [n for n in self.damping if self.damping[n].numel() < cpu_chunk]
         self.small_damping = torch.cat([self.damping[n].view(-1) for n in self.small]) if self.small else None
 
     def before_step(self, step: int, batches: Sequence[dict[str, torch.Tensor]]) -> None:
