@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 from sweeps.config import OptimConfig
 from sweeps.formatting import Encoded, PromptFormatter
 from sweeps.loop import train
-from sweeps.methods import EMA, MethodStack
+from sweeps.methods import EMA, MethodStack, TrainingContext
 from sweeps.scoring.generate import generate
 from sweeps.scoring.judges import KeywordJudge
 from sweeps.scoring.keywords import is_refusal
@@ -55,7 +55,8 @@ def bench_ema_update(model: PreTrainedModel, calls: int) -> float:
     """Milliseconds per isolated `EMA.after_step` (lerp + writeback over all trainable weights)."""
     model = copy.deepcopy(model)
     ema = EMA(eta=0.25, mode="writeback")
-    ema.setup(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    ema.setup(TrainingContext(model, optimizer, total_steps=calls + 10, grad_accum=1, batch_size=1, pad_id=0))
     for step in range(1, 11):
         ema.after_step(step)
     start = time.perf_counter()
