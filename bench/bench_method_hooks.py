@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--arms", default="sft,ewc,der,refresh")
     ap.add_argument("--seq-len", type=int, default=0, help="random rows of this many tokens")
     args = ap.parse_args()
-    if args.seq_len == 1 or args.seq_len < 0:
+    if args.seq_len and args.seq_len < 2:
         ap.error("--seq-len needs at least 2 tokens")
     torch.set_num_threads(args.threads)
     for owner, name in ((EWC, "after_backward"), (Refresh, "before_step"), (DER, "step_loss")):

@@ -32,8 +32,6 @@ from sweeps.methods.ewc import EWC
 
 IMPLEMENTATIONS = {"for-loop": {"foreach": False, "fused": False}, "foreach": {"foreach": True},
                    "fused": {"fused": True}}  # fmt: skip
-
-
 SHAPES = [(32000, 768), (768,)] + [(768, 768)] * 4 * 10 + [(2048, 768)] * 2 * 10 + [(768, 2048)] * 10 + [(768,)] * 20
 
 
@@ -95,7 +93,8 @@ def _time_ewc(steps: int, device: str) -> float:
 
 
 def measure(steps: int = 8, repeats: int = 3, device: str = "cpu", chunks: list[int] | None = None) -> dict[str, Any]:
-    """Best-of-`repeats` medians: {"step_s": {implementation or "ewc@<chunk>": s}, "max_abs_diff_vs_for_loop": …}."""
+    """Best-of-`repeats` medians, {"step_s": {implementation or "ewc@<chunk>": s}, …}, and each implementation's largest
+    weight difference from the first one timed ("reference")."""
     best: dict[str, float] = {}
     weights: dict[str, list[torch.Tensor]] = {}
     kinds = [k for k in IMPLEMENTATIONS if device == "cpu" or k != "for-loop"] + [f"ewc@{c}" for c in chunks or [0]]
