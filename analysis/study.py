@@ -18,7 +18,8 @@ is that study's row: its runs are reused (run first where missing), never repeat
           row now gets, is one error line, never reused: an edited study config, a `--set` or a new default world
           needs its own `--out`.
 3. report `<out>/table.{csv,tex,md}` (mean ± 95 % Student-t CI over seeds, a 95 % bootstrap CI over prompts from
-          generations.jsonl, the paper's number beside ours) and `<out>/figure.{pdf,png}`.
+          generations.jsonl, the paper's number beside ours, each row's training seconds per step and their ratio
+          to SFT's) and `<out>/figure.{pdf,png}`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ NAMES = {"asr": "ASR", "utility_acc": "utility", "over_refusal": "over-refusal",
 LOWER_IS_BETTER = {"asr", "over_refusal", "over_refusal/or_bench", "utility_loss", "safety_loss"}
 NEUTRAL = {"distance_rel", "distance_l2"}  # no better direction: shown without an arrow
 FIGURES = ("pareto", "sweep", "distance")
+STEP_COLUMN, STEP_COLUMN_SOURCE = "train s / step (× SFT)", "step_s"
+STEP_NOTE = ("Train s / step: the training loop's wall time over its optimiser steps (method setup excluded, "
+             "finalize included), mean over seeds; the ratio to SFT compares rows only where their runs shared one "
+             "machine and nothing else ran.")
 ROW_KEYS = {"name", "label", "overrides", "group", "x", "from", "paper", "shadow_paper"}
 STUDY_KEYS = {"title", "paper_source", "overrides", "seeds", "rows", "table", "quick", "scales"}
 
@@ -467,6 +472,7 @@ def summarise(points: Sequence[Point], metrics: Sequence[str], n_boot: int = 200
                 for m in verdicts:
                     if (v := got[VERDICTS[m][0]]) is not None:
                         verdicts[m].append(v)
+        row["step_s"] = _step_seconds(p.runs)
         for m in metrics:
             ci = mean_ci([float(r[m]) if isinstance(r.get(m), int | float) else np.nan for _, r in p.runs])
             row.update({m: ci.mean, f"{m}_std": ci.std, f"{m}_ci_lo": ci.lo, f"{m}_ci_hi": ci.hi})
@@ -476,13 +482,22 @@ def summarise(points: Sequence[Point], metrics: Sequence[str], n_boot: int = 200
     return pd.DataFrame(rows)
 
 
+def _step_seconds(runs: Sequence[tuple[Path, dict[str, Any]]]) -> float:
+    """Mean over runs of the training loop's wall time per optimiser step (metrics.json `train_time_s` / `steps`:
+    method setup such as EWC's Fisher or DER's stored logits excluded, `finalize` such as MagMax's merge included);
+    NaN where no run recorded both."""
+    per_step = [m["train_time_s"] / m["steps"] for _, m in runs if isinstance(m.get("train_time_s"), int | float)
+                and isinstance(m.get("steps"), int) and m["steps"] > 0]  # fmt: skip
+    return float(np.mean(per_step)) if per_step else np.nan
+
+
 def _num(v: float, metric: str, digits: int) -> str:
     return "–" if v is None or not np.isfinite(v) else f"{v * (100 if metric in RATES else 1):.{digits}f}"
 
 
 def display(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """The paper's layout: row | method | per metric "mean ± CI half-width", the prompt bootstrap CI and the paper's
-    number (rates in %) | seeds."""
+    number (rates in %) | train s / step with its ratio to SFT (where runs recorded it) | seeds."""
     out = pd.DataFrame({"row": table["label"], "method": table["method"]})
     for m in metrics:
         digits = 1 if m in RATES else 3
@@ -497,10 +512,20 @@ def display(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
         if table[f"{m}_paper"].notna().any():
             out[f"paper {NAMES.get(m, m)}{' %' if m in RATES else ''}"] = [
                 "–" if not np.isfinite(v) else f"{v:g}" for v in table[f"{m}_paper"]]  # fmt: skip
+    if STEP_COLUMN_SOURCE in table and table[STEP_COLUMN_SOURCE].notna().any():
+        out[STEP_COLUMN] = _step_cells(table)
     out["seeds"] = table["n_seeds"].astype(int)
     if (out["row"] == out["method"]).all():
         out = out.drop(columns="method")
     return out
+
+
+def _step_cells(table: pd.DataFrame) -> list[str]:
+    """Seconds per optimiser step, and the ratio to the first SFT row's (the cost the method adds, issue 14)."""
+    sft = table.loc[(table["method"] == "SFT") & table["step_s"].notna(), "step_s"]
+    ref = float(sft.iloc[0]) if len(sft) and sft.iloc[0] > 0 else None
+    return ["–" if not np.isfinite(v) else f"{v:.2f}" + (f" ({v / ref:.2f}×)" if ref else "")
+            for v in table["step_s"].to_numpy(float)]  # fmt: skip
 
 
 def write_report(study: Study, table: pd.DataFrame, out: Path) -> list[Path]:
@@ -512,6 +537,8 @@ def write_report(study: Study, table: pd.DataFrame, out: Path) -> list[Path]:
     shown = display(table, study.metrics)
     caption = (f"{study.title}. Mean ± 95 % CI (Student t) over seeds; prompts 95 % CI: bootstrap over prompts, "
                f"stratified by seed. {study.paper_source}").strip()  # fmt: skip
+    if STEP_COLUMN in shown:
+        caption += f" {STEP_NOTE}"
     atomic_write_text(out / "table.csv", table.to_csv(index=False))
     atomic_write_text(out / "table.tex", to_latex(shown, caption=caption, label=f"tab:{study.name}"))
     atomic_write_text(out / "table.md", f"# {study.title}\n\n{_md_table(shown)}\n\n{caption}\n")

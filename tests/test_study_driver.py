@@ -169,6 +169,34 @@ def test_table_on_synthetic_run_dirs_mean_ci_bootstrap_and_formats(tmp_path) -> 
     assert r"\toprule" in tex and r"40.0 $\pm$ " in tex and r"ASR \%" in tex and r"\label{tab:syn}" in tex
 
 
+def test_table_shows_each_rows_seconds_per_step_and_its_ratio_to_sft(tmp_path) -> None:
+    """The cost column: train_time_s / steps from metrics.json, mean over seeds, and its ratio to the SFT row; a row
+    whose runs did not record it shows "–" (runs of older versions)."""
+    path = _write_study(tmp_path / "conf", "cost", {
+        "seeds": [0, 1],
+        "rows": [{"name": "sft", "overrides": ["method=[]"]}, {"name": "der", "overrides": ["method=[der]"]},
+                 {"name": "old", "label": "old", "overrides": ["method=[der]"]}],
+        "table": {"metrics": ["asr", "utility_loss"]}})  # fmt: skip
+    s = study.load_study(str(path))
+    out = tmp_path / "out"
+    der = [{"name": "der", "target": "sweeps.methods.DER", "args": {"lam": 0.5}}]
+    for row, methods, seconds in (("sft", [], (100.0, 140.0)), ("der", der, (180.0, 300.0)), ("old", der, None)):
+        for seed in (0, 1):
+            (out / row / f"seed_{seed}").mkdir(parents=True)
+            metrics = {"status": "completed", "seed": seed, "asr": 0.5, "utility_loss": 1.0, "methods": methods,
+                       "steps": 50}
+            if seconds is not None:
+                metrics["train_time_s"] = seconds[seed]
+            (out / row / f"seed_{seed}" / "metrics.json").write_text(json.dumps(metrics))
+    table = study.summarise(study.collect(study.plan(s, s.rows, out, "toy"), s.seeds), s.metrics).set_index("row")
+    assert table.loc["sft", "step_s"] == pytest.approx(2.4) and table.loc["der", "step_s"] == pytest.approx(4.8)
+    assert np.isnan(table.loc["old", "step_s"])
+    study.write_report(s, table.reset_index(), out)
+    md = (out / "table.md").read_text()
+    assert "train s / step (× SFT)" in md and "| 2.40 (1.00×) |" in md and "| 4.80 (2.00×) |" in md
+    assert "| old | DER λ=0.5 | 50.0 ± 0.0 | 1.000 ± 0.000 | – | 2 |" in md and "method setup excluded" in md
+
+
 def test_x_read_from_metrics_labels_the_row_as_it_ran(tmp_path) -> None:
     """A row's x may name a metrics.json key (Table 5's m is the memory the run had: 13 of SmolLM2's 250 examples,
     not the 50 the toy world's default gives); "{x}" in its label is that value; no runs or an unrecorded key: "?"."""
