@@ -54,7 +54,7 @@ NAMES = {"asr": "ASR", "utility_acc": "utility", "over_refusal": "over-refusal",
 LOWER_IS_BETTER = {"asr", "over_refusal", "over_refusal/or_bench", "utility_loss", "safety_loss"}
 NEUTRAL = {"distance_rel", "distance_l2"}  # no better direction: shown without an arrow
 FIGURES = ("pareto", "sweep", "distance")
-STEP_COLUMN, STEP_COLUMN_SOURCE = "train s / step (× SFT)", "step_s"
+STEP_COLUMN = "train s / step"  # "(× SFT)" added where the table has an SFT row to divide by
 STEP_NOTE = ("Train s / step: the training loop's wall time over its optimiser steps (method setup excluded, "
              "finalize included), mean over seeds; the ratio to SFT compares rows only where their runs shared one "
              "machine and nothing else ran.")
@@ -512,20 +512,23 @@ def display(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
         if table[f"{m}_paper"].notna().any():
             out[f"paper {NAMES.get(m, m)}{' %' if m in RATES else ''}"] = [
                 "–" if not np.isfinite(v) else f"{v:g}" for v in table[f"{m}_paper"]]  # fmt: skip
-    if STEP_COLUMN_SOURCE in table and table[STEP_COLUMN_SOURCE].notna().any():
-        out[STEP_COLUMN] = _step_cells(table)
+    if "step_s" in table and table["step_s"].notna().any():
+        header, cells = _step_cells(table)
+        out[header] = cells
     out["seeds"] = table["n_seeds"].astype(int)
     if (out["row"] == out["method"]).all():
         out = out.drop(columns="method")
     return out
 
 
-def _step_cells(table: pd.DataFrame) -> list[str]:
-    """Seconds per optimiser step, and the ratio to the first SFT row's (the cost the method adds, issue 14)."""
+def _step_cells(table: pd.DataFrame) -> tuple[str, list[str]]:
+    """The cost column's header and cells: seconds per optimiser step, and the ratio to the first SFT row's (what the
+    method adds) where the table has one."""
     sft = table.loc[(table["method"] == "SFT") & table["step_s"].notna(), "step_s"]
     ref = float(sft.iloc[0]) if len(sft) and sft.iloc[0] > 0 else None
-    return ["–" if not np.isfinite(v) else f"{v:.2f}" + (f" ({v / ref:.2f}×)" if ref else "")
-            for v in table["step_s"].to_numpy(float)]  # fmt: skip
+    cells = ["–" if not np.isfinite(v) else f"{v:.2f}" + (f" ({v / ref:.2f}×)" if ref else "")
+             for v in table["step_s"].to_numpy(float)]  # fmt: skip
+    return (f"{STEP_COLUMN} (× SFT)" if ref else STEP_COLUMN), cells
 
 
 def write_report(study: Study, table: pd.DataFrame, out: Path) -> list[Path]:
@@ -537,7 +540,7 @@ def write_report(study: Study, table: pd.DataFrame, out: Path) -> list[Path]:
     shown = display(table, study.metrics)
     caption = (f"{study.title}. Mean ± 95 % CI (Student t) over seeds; prompts 95 % CI: bootstrap over prompts, "
                f"stratified by seed. {study.paper_source}").strip()  # fmt: skip
-    if STEP_COLUMN in shown:
+    if any(c.startswith(STEP_COLUMN) for c in shown.columns):
         caption += f" {STEP_NOTE}"
     atomic_write_text(out / "table.csv", table.to_csv(index=False))
     atomic_write_text(out / "table.tex", to_latex(shown, caption=caption, label=f"tab:{study.name}"))

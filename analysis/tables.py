@@ -15,7 +15,10 @@ from analysis.pareto import Objective
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
 # LaTeX for text that Styler's escaping keeps as Unicode (pdflatex would stop on it).
-LATEX_SYMBOLS = {"η": r"$\eta$", "±": r"$\pm$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "–": "--", "×": r"$\times$"}
+LATEX_SYMBOLS = {"±": r"$\pm$", "↓": r"$\downarrow$", "↑": r"$\uparrow$", "–": "--", "×": r"$\times$",
+                 # the Greek letters of method labels ("DER λ=0.5", "Lisa ρ=1", "EMA η=0.25", "α=0.5")
+                 "α": r"$\alpha$", "β": r"$\beta$", "γ": r"$\gamma$", "η": r"$\eta$", "θ": r"$\theta$",
+                 "λ": r"$\lambda$", "ρ": r"$\rho$", "τ": r"$\tau$"}  # fmt: skip
 
 
 def pm(mean: float, std: float, digits: int = 3) -> str:

@@ -167,6 +167,7 @@ def test_table_on_synthetic_run_dirs_mean_ci_bootstrap_and_formats(tmp_path) -> 
     assert "| Missing | – |" in md
     tex = (out / "table.tex").read_text()
     assert r"\toprule" in tex and r"40.0 $\pm$ " in tex and r"ASR \%" in tex and r"\label{tab:syn}" in tex
+    assert r"DER $\lambda$=0.5" in tex and not re.search("[^\x00-\x7f]", tex), "non-ASCII left for pdflatex"
 
 
 def test_table_shows_each_rows_seconds_per_step_and_its_ratio_to_sft(tmp_path) -> None:
@@ -195,6 +196,8 @@ def test_table_shows_each_rows_seconds_per_step_and_its_ratio_to_sft(tmp_path) -
     md = (out / "table.md").read_text()
     assert "train s / step (× SFT)" in md and "| 2.40 (1.00×) |" in md and "| 4.80 (2.00×) |" in md
     assert "| old | DER λ=0.5 | 50.0 ± 0.0 | 1.000 ± 0.000 | – | 2 |" in md and "method setup excluded" in md
+    no_sft = study.display(table.drop(index="sft").reset_index(), s.metrics)  # nothing to divide by: seconds alone
+    assert list(no_sft["train s / step"]) == ["4.80", "–"]
 
 
 def test_x_read_from_metrics_labels_the_row_as_it_ran(tmp_path) -> None:
