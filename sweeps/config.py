@@ -100,7 +100,7 @@ class DatasetConfig:
     # our field -> the file's column: prompt (required), input (optional, appended to the prompt),
     # response (target text), answer (checkable reference)
     columns: dict[str, str] = field(default_factory=dict)
-    where: dict[str, Any] = field(default_factory=dict)  # keep rows whose column equals the value
+    where: dict[str, Any] = field(default_factory=dict)  # keep rows whose column equals the value (or one of a list)
     value_map: dict[str, dict[str, str]] = field(default_factory=dict)  # field -> {raw value: text}
     start: int = 0  # keep rows [start, stop) (after `where`), e.g. to hold out an eval split of one file
     stop: int | None = None

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from sweeps.config import DatasetConfig
 from sweeps.data import DataError, Example, load_examples
@@ -112,6 +113,17 @@ def test_where_compares_as_strings(tmp_path: Path) -> None:
     got = load_examples(spec(path, columns={"prompt": "q"}, where={"a": "4"}), key="data.t")  # int 4 == "4"
     assert [x.prompt for x in got] == ["What is 2+2?"]
 
+
+def test_where_accepts_a_list_of_values(tmp_path: Path) -> None:
+    """`where: {type: [a, b]}` keeps rows whose column is any of the values (a YAML list arrives as a ListConfig)."""
+    path = write_rows(tmp_path / "d.json", ROWS)
+    for accepted in (["Paris", 4], OmegaConf.create(["Paris", 4])):
+        got = load_examples(spec(path, columns={"prompt": "q"}, where={"a": accepted}), key="data.t")
+        assert [x.prompt for x in got] == ["What is 2+2?", "Capital of France?"]
+    got = load_examples(spec(path, columns={"prompt": "q"}, where={"a": ["blue"], "extra": ["x", "y"]}), key="data.t")
+    assert [x.prompt for x in got] == ["Colour of the sky?"]
+    with pytest.raises(DataError, match=r"data.t: no rows in .* with where="):
+        load_examples(spec(path, columns={"prompt": "q"}, where={"a": ["London"]}), key="data.t")
 
 def test_limit_is_seeded_and_keeps_order(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "d.jsonl", [{"prompt": f"p{i}"} for i in range(50)])

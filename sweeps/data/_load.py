@@ -6,6 +6,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from omegaconf import ListConfig
+
 from sweeps.config import DatasetConfig
 from sweeps.data._examples import DataError, Example
 from sweeps.data._files import Row, read_file
@@ -70,11 +72,13 @@ def _to_examples(spec: DatasetConfig, key: str, label: str, columns: list[str], 
     for column in spec.where:
         check_column(column, f"where.{column}")
 
-    where = {c: str(v) for c, v in spec.where.items()}
+    # A column's value, or a list of values any of which keeps the row (e.g. several XSTest prompt types).
+    where = {c: {str(x) for x in v} if isinstance(v, (list, tuple, ListConfig)) else {str(v)}
+             for c, v in spec.where.items()}
     value_map = {f: {str(k): str(v) for k, v in m.items()} for f, m in spec.value_map.items()}
     examples = []
     for loc, row in rows:
-        if any(str(_lookup(row, c)) != v for c, v in where.items()):
+        if any(str(_lookup(row, c)) not in accepted for c, accepted in where.items()):
             continue
         values: dict[str, str | None] = {}
         for f, column in mapped.items():
