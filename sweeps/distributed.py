@@ -4,7 +4,8 @@ DDP or FSDP2 (`fully_shard`), never a hand-written gradient all-reduce.
 torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; everything here reads them, so one process without torchrun is the
 world of size 1 and nothing changes. Every rank draws the same global batch (batch_size × world size) from the same
 seeded generator and trains on its slice, so 2 × batch 4 sees exactly the examples of 1 × batch 8. Evaluation and
-every file of the run dir are rank 0's; the other ranks stop after training.
+every file of the run dir are rank 0's; every rank leaves the process group after training (`leave`), then the
+other ranks stop.
 
 FSDP (`model.distributed=fsdp`, full fine-tuning): every decoder layer (the model's `_no_split_modules`) and the root
 are sharded with `fully_shard` on a copy of the model that shares its parameters, so the trial's plain module keeps
@@ -83,6 +84,17 @@ def init(device: str = "auto") -> World:
 def teardown() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+def leave() -> None:
+    """After training, on every rank: all leave the process group together (a barrier, which also waits for any
+    collective still pending, then destroy), and rank 0 evaluates without one. A rank that tore its connections
+    down alone while rank 0 still held them was once aborted by gloo ("terminate called without an active
+    exception"); PyTorch's shutdown notes ask for destroy_process_group on every rank at one point for that reason."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        teardown()
+        log.info("rank %d left the process group after training", world().rank)
 
 
 def broadcast(value: Any) -> Any:

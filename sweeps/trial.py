@@ -166,6 +166,7 @@ def _run(cfg: TrainConfig, run_dir: Path, start: float, model, tok, train_set, s
                    on_step=where.on_step, precision=precision, resources=resources,
                    log_path=run_dir / "train_log.jsonl" if proc.is_main else None, sources=sources,
                    sharding=cfg.model.distributed)  # fmt: skip
+    distributed.leave()  # every rank at once; nothing after training is collective
     if not proc.is_main:  # the trial is rank 0's from here (after DDP the others' weights are the same; FSDP
         # gathered the full weights into rank 0's model)
         return {"status": result.status, "steps": result.steps, "rank": proc.rank}

@@ -70,6 +70,9 @@ def test_ddp_two_by_four_matches_one_by_eight(tmp_path, toy_root, single, per_ra
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = _train(two, 2, *per_rank, *TINY, *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # every rank leaves the process group together after training (none tears down alone while rank 0 evaluates)
+    left = re.findall(r"rank (\d) left the process group after training", proc.stdout + proc.stderr)
+    assert sorted(left) == ["0", "1"]
     if "model.distributed=fsdp" in per_rank:  # sharded, not replicated: each rank holds its half of the values
         found = re.findall(r"fsdp: (\d+) decoder layers \+ root sharded over 2 ranks; this rank holds (\d+) of (\d+)",
                            proc.stdout + proc.stderr)  # fmt: skip
