@@ -71,6 +71,9 @@ def align_key(model: ModelConfig, data: DataConfig) -> str:
         **({"borderline": _spec_identity(a.borderline), "borderline_tokens": a.borderline_tokens,
             "borderline_prompts": hashlib.sha256(json.dumps(_borderline_prompts(a, data)[0]).encode()).hexdigest()}
            if a.borderline is not None else {}),
+        **({"contrast": _spec_identity(a.contrast),
+            "contrast_pairs": hashlib.sha256(json.dumps(_contrast_pairs(a, data)[0]).encode()).hexdigest()}
+           if a.contrast is not None else {}),
         "optim": dataclasses.asdict(a.optim),
         "max_length": a.max_length,
         "seed": a.seed,
@@ -97,6 +100,25 @@ def _borderline_prompts(a: AlignConfig, data: DataConfig) -> tuple[list[str], in
         raise ConfigError(str(e)) from None
     kept = [p for p in prompts if p not in held_out]
     return kept, len(prompts) - len(kept)
+
+
+def _contrast_pairs(a: AlignConfig, data: DataConfig) -> tuple[list[tuple[str, str]], int]:
+    """`model.align.contrast`'s (prompt, refusal) pairs minus prompts the ASR, safety-loss and compliance evaluations
+    score (data.harmful, data.refusal, data.compliance; file and hub sets), and how many were held out."""
+    from sweeps.data import DataError, load_examples
+
+    if a.contrast is None:
+        return [], 0
+    evaluated = {k: v for k, v in (("data.harmful", data.harmful), ("data.refusal", data.refusal),
+                                   ("data.compliance", data.compliance)) if v is not None and v.source != "toy"}
+    try:
+        pairs = [(e.prompt, e.response or "") for e in load_examples(a.contrast, key="model.align.contrast",
+                                                                     need=("prompt", "response"))]  # fmt: skip
+        held_out = {e.prompt for key, spec in evaluated.items() for e in load_examples(spec, key=key)}
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    kept = [(p, r) for p, r in pairs if p not in held_out]
+    return kept, len(pairs) - len(kept)
 
 
 def _distill_borderline(model: Any, tok: Any, fmt: Any, prompts: list[str], max_new_tokens: int,
@@ -171,9 +193,11 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
     except DataError as e:
         raise ConfigError(str(e)) from None
     borderline_prompts, n_held_out = _borderline_prompts(a, data)
+    contrast, n_contrast_held_out = _contrast_pairs(a, data)
     base_cfg = dataclasses.replace(model_cfg, lora=dataclasses.replace(model_cfg.lora, enabled=False))
-    log.info("aligning %s on %d refusal + %d benign (+ %d borderline prompts) examples (once; cached in %s)",
-             model_cfg.name_or_path, len(refusal), len(benign), len(borderline_prompts), root)  # fmt: skip
+    log.info("aligning %s on %d refusal + %d benign (+ %d borderline prompts, %d contrast refusals; %d held out as "
+             "evaluation prompts) examples (once; cached in %s)", model_cfg.name_or_path, len(refusal), len(benign),
+             len(borderline_prompts), len(contrast), n_contrast_held_out, root)  # fmt: skip
     model, tok = load_base_model(base_cfg, model_cfg.name_or_path)
     fmt = PromptFormatter(tok, data.template, data.system_prompt)
     distilled, n_refused = [], 0
@@ -185,7 +209,9 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
     encoded, truncation = [], {}
     roles = [("refusal", [(e.prompt, e.response or "") for e in refusal]),
              ("benign", [(e.prompt, e.response or "") for e in benign])]
-    for role, pairs in roles + ([("borderline", distilled)] if a.borderline is not None else []):
+    roles += [("borderline", distilled)] if a.borderline is not None else []
+    roles += [("contrast", contrast)] if a.contrast is not None else []
+    for role, pairs in roles:
         kept, stats = fmt.encode_pairs(pairs, a.max_length, f"model.align.{role}")
         encoded += kept
         truncation.update(stats.metrics(f"align.{role}"))
@@ -206,6 +232,8 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
             "n_refusal": len(refusal), "n_benign": len(benign), "steps": result.steps,
             **({"n_borderline": len(distilled), "borderline_held_out": n_held_out, "borderline_refused": n_refused}
                if a.borderline is not None else {}),
+            **({"n_contrast": len(contrast), "contrast_held_out": n_contrast_held_out}
+               if a.contrast is not None else {}),
             "effective_batch_size": result.effective_batch_size, "final_loss": result.final_loss,
             "train_time_s": result.train_time_s, "wall_time_s": time.perf_counter() - start,
             "align": dataclasses.asdict(a), "truncation": truncation,

@@ -122,6 +122,9 @@ class AlignConfig:
     `borderline`: benign prompts that look harmful (e.g. OR-Bench-Hard), answered by the base model itself before
     training (greedy, `borderline_tokens` new tokens; answers that start as a refusal and prompts the over-refusal
     evaluation scores are dropped) — against refusing on trigger words ("kill a process").
+    `contrast`: harmful prompts that look like the borderline ones (XSTest's contrast prompts: "kill a person"),
+    paired with refusals — the other side of the trigger word; prompts the evaluation scores (data.harmful,
+    data.refusal, data.compliance) are dropped.
     """
 
     enabled: bool = False
@@ -129,6 +132,7 @@ class AlignConfig:
     benign: DatasetConfig | None = None
     borderline: DatasetConfig | None = None
     borderline_tokens: int = 64
+    contrast: DatasetConfig | None = None
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, batch_size=8, epochs=1.0, warmup_steps=5))
     max_length: int = 256
     seed: int = 0

@@ -235,6 +235,7 @@ def validate(cfg: TrainConfig) -> None:
         check_dataset(errors, "model.align.refusal", m.align.refusal)
         check_dataset(errors, "model.align.benign", m.align.benign)
         check_dataset(errors, "model.align.borderline", m.align.borderline)
+        check_dataset(errors, "model.align.contrast", m.align.contrast)
         _positive(errors, "model.align.borderline_tokens", m.align.borderline_tokens)
         _check_optim(errors, "model.align.optim", m.align.optim)
         _positive(errors, "model.align.max_length", m.align.max_length)

@@ -125,6 +125,7 @@ def test_where_accepts_a_list_of_values(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data.t: no rows in .* with where="):
         load_examples(spec(path, columns={"prompt": "q"}, where={"a": ["London"]}), key="data.t")
 
+
 def test_limit_is_seeded_and_keeps_order(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "d.jsonl", [{"prompt": f"p{i}"} for i in range(50)])
     a = load_examples(spec(path, limit=10, seed=1), key="data.t")
