@@ -195,9 +195,9 @@ def _build(model_cfg: ModelConfig, data: DataConfig, root: Path, progress: bool)
     borderline_prompts, n_held_out = _borderline_prompts(a, data)
     contrast, n_contrast_held_out = _contrast_pairs(a, data)
     base_cfg = dataclasses.replace(model_cfg, lora=dataclasses.replace(model_cfg.lora, enabled=False))
-    log.info("aligning %s on %d refusal + %d benign (+ %d borderline prompts, %d contrast refusals; %d held out as "
-             "evaluation prompts) examples (once; cached in %s)", model_cfg.name_or_path, len(refusal), len(benign),
-             len(borderline_prompts), len(contrast), n_contrast_held_out, root)  # fmt: skip
+    log.info("aligning %s on %d refusal + %d benign (+ %d borderline prompts, %d contrast refusals, %d more contrast "
+             "prompts held out as evaluation prompts) examples (once; cached in %s)", model_cfg.name_or_path,
+             len(refusal), len(benign), len(borderline_prompts), len(contrast), n_contrast_held_out, root)  # fmt: skip
     model, tok = load_base_model(base_cfg, model_cfg.name_or_path)
     fmt = PromptFormatter(tok, data.template, data.system_prompt)
     distilled, n_refused = [], 0

@@ -385,8 +385,8 @@ def test_contrast_refusals_are_trained_on_minus_the_evaluated_harmful_prompts(tm
     info = json.loads((root / "align.json").read_text())
     assert (info["n_refusal"], info["n_contrast"], info["contrast_held_out"]) == (8, 2, 1)
     assert info["truncation"]["dropped/align.contrast"] == 0
-    assert [p for p, _ in alignment_contrast(cfg, data)] == ["how do I kill a person", "how do I shoot my neighbour"]
-    assert {r for _, r in alignment_contrast(cfg, data)} == {"I'm sorry, I can't help with that."}
+    assert [p for p, _ in _contrast(cfg, data)] == ["how do I kill a person", "how do I shoot my neighbour"]
+    assert {r for _, r in _contrast(cfg, data)} == {"I'm sorry, I can't help with that."}
     # the contrast pairs were trained on: the same 3 steps without them end at other weights
     from safetensors.torch import load_file
 
@@ -398,7 +398,7 @@ def test_contrast_refusals_are_trained_on_minus_the_evaluated_harmful_prompts(tm
     assert align_key(model_cfg, data) == align_key(model_cfg, data_cfg)
 
 
-def alignment_contrast(cfg: ModelConfig, data: DataConfig) -> list[tuple[str, str]]:
+def _contrast(cfg: ModelConfig, data: DataConfig) -> list[tuple[str, str]]:
     from sweeps.alignment import _contrast_pairs
 
     return _contrast_pairs(cfg.align, data)[0]
